@@ -1,0 +1,135 @@
+"""The ``ticketgate`` CLI: parse args -> load_config -> run create_app(config)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from gateway.app import create_app
+from gateway.auth.tokens import TokenService
+from gateway.config import Config, encode_secret, generate_signing_key, load_config
+from gateway.errors import ConfigError
+
+logger = logging.getLogger("gateway")
+
+# Long enough for a 8 KB token in a header to reach our own 401, short enough
+# that a 1 MB header is refused by aiohttp's parser before the app.
+MAX_HEADER_FIELD = 16 * 1024
+SHUTDOWN_TIMEOUT = 3.0
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Access log without the query string: tickets and tokens may ride in it."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s %d %.3fs", request.remote, request.method, request.path, response.status, time)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ticketgate", description="Authenticated real-time gateway.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run a gateway")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--config", metavar="FILE.toml")
+    serve.add_argument("--redis-url", dest="redis_url", metavar="URL")
+    serve.add_argument("--demo", action="store_const", const=True, default=None, help="serve the web demo")
+    commands.add_parser("keygen", help="print a TOML snippet with a signing key and a secret")
+    token = commands.add_parser("token", help="mint an access JWT with the configured key")
+    token.add_argument("--config", required=True, metavar="FILE.toml")
+    token.add_argument("--sub", required=True)
+    token.add_argument("--ttl", type=float, help="seconds (default: access_token_ttl)")
+    token.add_argument("--claims", default="{}", help="extra claims as a JSON object")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "keygen":
+            return _keygen()
+        if args.command == "token":
+            return _token(args)
+        flags = {"host": args.host, "port": args.port, "redis_url": args.redis_url, "demo": args.demo}
+        config = load_config(file=args.config, flags=flags)
+    except ConfigError as exc:
+        print(f"ticketgate: config error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(config))
+    return 0
+
+
+def _keygen() -> int:
+    import secrets
+
+    key = json.dumps(generate_signing_key(), separators=(",", ":"))
+    print("# ticketgate keys: share them between all nodes of a cluster; keep them secret.")
+    print(f"signing_key = '{key}'")
+    print(f'secret = "{encode_secret(secrets.token_bytes(32))}"')
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    config = load_config(file=args.config)
+    if "signing_key" in config.generated:
+        raise ConfigError(f"{args.config} has no signing_key: a token signed by a throwaway key is useless")
+    try:
+        claims: Any = json.loads(args.claims)
+    except json.JSONDecodeError:
+        raise ConfigError("--claims is not valid JSON") from None
+    if not isinstance(claims, dict):
+        raise ConfigError("--claims must be a JSON object")
+    token, _ = TokenService(config=config).mint(args.sub, ttl=args.ttl, claims=claims)
+    print(token)
+    return 0
+
+
+async def serve(config: Config) -> None:
+    """Run one gateway until SIGTERM/SIGINT, then drain its sockets and stop."""
+    if {"signing_key", "secret"} & config.generated:
+        logger.warning(
+            "no signing_key/secret configured: using ephemeral ones (tokens die with this process); "
+            "run `ticketgate keygen` to make permanent ones"
+        )
+    runner = web.AppRunner(
+        create_app(config),
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        access_log_class=AccessLogger,
+        max_field_size=MAX_HEADER_FIELD,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    base = f"http://{host}:{port}"
+    logger.info(
+        "ticketgate listening on %s engine=%s mode=%s", base, config.engine, "demo" if config.demo else "normal"
+    )
+    if config.demo:
+        print(f"demo: {base}/demo/", flush=True)
+        if "admin_token" in config.generated:
+            print(f"demo admin token: {config.admin_token}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        logger.info("stopping")
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

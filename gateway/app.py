@@ -1,0 +1,94 @@
+"""``create_app(config)``: the only place where the gateway is wired together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from gateway import __version__, keys
+from gateway.auth.tickets import TicketService
+from gateway.auth.tokens import TokenService
+from gateway.config import Config
+from gateway.metrics import Metrics
+from gateway.realtime import OriginPolicy, Realtime, create_server
+from gateway.store import create_store
+from handlers import http
+from handlers.events import SocketHandlers
+from handlers.openapi import build_openapi
+
+logger = logging.getLogger(__name__)
+
+SOCKETIO_PATH = "socket.io"
+MAX_BODY_BYTES = 64 * 1024
+WEB_DEMO_DIR = Path(__file__).resolve().parent.parent / "web_demo"
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[http.error_middleware, http.origin_middleware_for(f"/{SOCKETIO_PATH}/")],
+    )
+    metrics = Metrics()
+    store = create_store(config.redis_url)
+    tokens = TokenService(config=config, http=lambda: app[keys.http_client])
+    origins = OriginPolicy(config.allowed_origins)
+    sio = create_server(config, origins=origins)
+    realtime = Realtime(sio=sio)
+
+    app[keys.config] = config
+    app[keys.metrics] = metrics
+    app[keys.store] = store
+    app[keys.tokens] = tokens
+    app[keys.tickets] = TicketService(store=store, ttl=config.ticket_ttl)
+    app[keys.origins] = origins
+    app[keys.realtime] = realtime
+    app[keys.openapi] = build_openapi(version=__version__)
+
+    SocketHandlers(tokens=tokens, tickets=app[keys.tickets], realtime=realtime, metrics=metrics).register(sio)
+    sio.attach(app, socketio_path=SOCKETIO_PATH)
+    http.setup_routes(app)
+    if config.demo:
+        app.router.add_get("/demo", _redirect_to_demo)
+        app.router.add_get("/demo/", _demo_index)
+        app.router.add_static("/demo/", WEB_DEMO_DIR, show_index=False, append_version=False)
+
+    app.cleanup_ctx.extend([_http_client_ctx, _store_ctx, _realtime_ctx])
+    # Not a cleanup_ctx: aiohttp runs on_shutdown *before* it waits for open
+    # handlers (every WebSocket is one), cleanup_ctx only after that wait.
+    # Sockets must hear `closing` 1001 first, so this hook has to run there.
+    app.on_shutdown.append(_going_away)
+    return app
+
+
+async def _redirect_to_demo(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/demo/")
+
+
+async def _demo_index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(WEB_DEMO_DIR / "index.html")
+
+
+async def _http_client_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[keys.http_client] = aiohttp.ClientSession()
+    yield
+    await app[keys.http_client].close()
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[keys.store].close()
+
+
+async def _realtime_ctx(app: web.Application) -> AsyncIterator[None]:
+    await app[keys.realtime].start()
+    yield
+    await app[keys.realtime].stop()
+
+
+async def _going_away(app: web.Application) -> None:
+    closed = await app[keys.realtime].going_away()
+    logger.info("shutting down: sent closing 1001 to %d sockets", closed)

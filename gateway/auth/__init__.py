@@ -1,0 +1,1 @@
+"""Authentication domain: tokens (JWT/JWKS), tickets and, later, sessions."""

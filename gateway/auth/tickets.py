@@ -1,0 +1,62 @@
+"""Single-use WebSocket tickets (the ticket protocol of seed 002).
+
+A ticket is 256 random bits, URL-safe. Only its SHA-256 is stored, as the key
+of a record binding it to the token's ``sub``, claims and ``exp``. Redeeming
+is one atomic take (GETDEL on Redis): one round trip, and of N concurrent
+connects presenting the same ticket on any node exactly one wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from gateway.auth.tokens import Principal
+from gateway.errors import InvalidTicket, TokenExpired
+from gateway.store import Store
+
+_TICKET_BYTES = 32
+_TICKET_SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IssuedTicket:
+    ticket: str
+    expires: int  # unix seconds
+
+
+def _key(ticket: str) -> str:
+    return "ticket:" + hashlib.sha256(ticket.encode()).hexdigest()
+
+
+class TicketService:
+    def __init__(self, *, store: Store, ttl: float) -> None:
+        self._store = store
+        self._ttl = ttl
+
+    async def issue(self, principal: Principal) -> IssuedTicket:
+        """A ticket for ``principal``, living ``ttl`` seconds (never past the token's exp)."""
+        now = time.time()
+        lifetime = min(self._ttl, principal.exp - now)
+        if lifetime <= 0:
+            raise TokenExpired("token expired")
+        ticket = secrets.token_urlsafe(_TICKET_BYTES)
+        record = {"sub": principal.sub, "exp": principal.exp, "claims": dict(principal.claims)}
+        await self._store.put(_key(ticket), json.dumps(record), ttl=lifetime)
+        return IssuedTicket(ticket=ticket, expires=int(now + lifetime))
+
+    async def redeem(self, ticket: object) -> Principal:
+        """Consume ``ticket``; raise InvalidTicket if it is malformed, unknown, used or expired."""
+        if not isinstance(ticket, str) or not _TICKET_SHAPE.match(ticket):
+            raise InvalidTicket("malformed ticket")  # no store round trip for garbage
+        raw = await self._store.take(_key(ticket))
+        if raw is None:
+            raise InvalidTicket("unknown, used or expired ticket")
+        record = json.loads(raw)
+        if record["exp"] <= time.time():
+            raise TokenExpired("the ticket's token has expired")
+        return Principal(sub=record["sub"], exp=float(record["exp"]), claims=record["claims"])

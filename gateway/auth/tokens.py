@@ -1,0 +1,232 @@
+"""Access JWTs: minting with the gateway's key, verification of ours and of
+trusted issuers' tokens.
+
+Library split: jwcrypto handles JWK documents (parsing the configured key,
+thumbprint kids, exporting the public JWKS) because that is what it models
+best; PyJWT signs and verifies, because its ``decode`` checks ``exp``/``nbf``/
+``iat``/``iss``/``aud`` with a leeway against an explicit algorithm allowlist.
+Neither library offers an asyncio JWKS client (PyJWT's ``PyJWKClient`` uses
+blocking urllib), so ``JwksSource`` fetches with aiohttp and caches keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+from jwcrypto import jwk
+
+from gateway.config import Config, IssuerConfig
+from gateway.errors import InvalidToken, TokenExpired
+
+logger = logging.getLogger(__name__)
+
+GATEWAY_ISSUER = "ticketgate"
+GATEWAY_ALGORITHM = "ES256"
+MAX_TOKEN_BYTES = 8 * 1024
+JWKS_REFETCH_INTERVAL = 30.0
+_MAX_JWKS_BYTES = 256 * 1024
+_RESERVED_CLAIMS = frozenset({"iss", "sub", "iat", "exp", "nbf", "jti"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Principal:
+    """Who a verified credential speaks for, and until when."""
+
+    sub: str
+    exp: float
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+
+class JwksSource:
+    """Keys of one issuer, by kid, refetched on an unknown kid at most once per interval."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        load: Callable[[], Awaitable[Mapping[str, Any]]],
+        min_interval: float = JWKS_REFETCH_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self._load = load
+        self._min_interval = min_interval
+        self._clock = clock
+        self._keys: dict[str | None, jwt.PyJWK] = {}
+        self._last_fetch: float | None = None
+        self._lock = asyncio.Lock()
+        self.fetches = 0
+
+    async def key(self, kid: str | None) -> jwt.PyJWK | None:
+        found = self._lookup(kid)
+        if found is not None:
+            return found
+        async with self._lock:  # concurrent misses share one fetch
+            found = self._lookup(kid)
+            if found is None and self._may_fetch():
+                await self._refresh()
+                found = self._lookup(kid)
+        return found
+
+    def _lookup(self, kid: str | None) -> jwt.PyJWK | None:
+        if kid is None and len(self._keys) == 1:
+            return next(iter(self._keys.values()))
+        return self._keys.get(kid)
+
+    def _may_fetch(self) -> bool:
+        return self._last_fetch is None or self._clock() - self._last_fetch >= self._min_interval
+
+    async def _refresh(self) -> None:
+        self._last_fetch = self._clock()
+        self.fetches += 1
+        try:
+            document = await self._load()
+            self._keys = parse_jwks(document)
+        except Exception as exc:  # keep the old keys; the next allowed fetch retries
+            logger.warning("jwks fetch for %s failed: %s", self.name, type(exc).__name__)
+
+
+def parse_jwks(document: Mapping[str, Any]) -> dict[str | None, jwt.PyJWK]:
+    keys: dict[str | None, jwt.PyJWK] = {}
+    for entry in document.get("keys", []):
+        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+            continue
+        try:
+            keys[entry.get("kid")] = jwt.PyJWK(entry)
+        except jwt.PyJWTError:
+            continue  # an unusable key (unknown kty/crv) must not hide the others
+    return keys
+
+
+def _url_loader(session: Callable[[], aiohttp.ClientSession], uri: str) -> Callable[[], Awaitable[Mapping[str, Any]]]:
+    async def load() -> Mapping[str, Any]:
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with session().get(uri, timeout=timeout, allow_redirects=False) as resp:
+            resp.raise_for_status()
+            body = await resp.content.read(_MAX_JWKS_BYTES + 1)
+            if len(body) > _MAX_JWKS_BYTES:
+                raise ValueError("jwks document too large")
+            document: Mapping[str, Any] = json.loads(body)
+            return document
+
+    return load
+
+
+def _file_loader(path: str) -> Callable[[], Awaitable[Mapping[str, Any]]]:
+    async def load() -> Mapping[str, Any]:
+        text = await asyncio.to_thread(Path(path).read_text)
+        document: Mapping[str, Any] = json.loads(text)
+        return document
+
+    return load
+
+
+@dataclass(frozen=True)
+class _Trust:
+    source: JwksSource
+    algorithms: tuple[str, ...]
+    audience: str | None
+
+
+class TokenService:
+    """Mints gateway access tokens and verifies any trusted token."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        http: Callable[[], aiohttp.ClientSession] | None = None,
+    ) -> None:
+        if config.signing_key is None:
+            raise ValueError("config.signing_key is required")
+        private = jwk.JWK(**config.signing_key)
+        self.kid: str = config.signing_key["kid"]
+        public: dict[str, Any] = private.export_public(as_dict=True)
+        public.update(kid=self.kid, alg=GATEWAY_ALGORITHM, use="sig")
+        self.jwks: dict[str, Any] = {"keys": [public]}
+        self._signer = jwt.PyJWK(dict(config.signing_key), algorithm=GATEWAY_ALGORITHM)
+        self._leeway = config.leeway
+        self._access_ttl = config.access_token_ttl
+        own = JwksSource(name=GATEWAY_ISSUER, load=self._own_jwks, min_interval=float("inf"))
+        self._trusted: dict[str, _Trust] = {GATEWAY_ISSUER: _Trust(own, (GATEWAY_ALGORITHM,), None)}
+        for issuer in config.issuers:
+            self._trusted[issuer.iss] = _Trust(self._source_for(issuer, http), issuer.algorithms, issuer.audience)
+
+    async def _own_jwks(self) -> Mapping[str, Any]:
+        return self.jwks
+
+    @staticmethod
+    def _source_for(issuer: IssuerConfig, http: Callable[[], aiohttp.ClientSession] | None) -> JwksSource:
+        if issuer.jwks_file is not None:
+            return JwksSource(name=issuer.iss, load=_file_loader(issuer.jwks_file))
+        if http is None or issuer.jwks_uri is None:
+            raise ValueError(f"issuer {issuer.iss} needs an HTTP session for its jwks_uri")
+        return JwksSource(name=issuer.iss, load=_url_loader(http, issuer.jwks_uri))
+
+    def source(self, iss: str) -> JwksSource:
+        return self._trusted[iss].source
+
+    def mint(
+        self,
+        sub: str,
+        *,
+        ttl: float | None = None,
+        claims: Mapping[str, Any] | None = None,
+        now: float | None = None,
+    ) -> tuple[str, int]:
+        """A signed ES256 access JWT for ``sub`` and its ``exp`` (unix seconds)."""
+        issued = int(time.time() if now is None else now)
+        exp = issued + int(self._access_ttl if ttl is None else ttl)
+        payload = {k: v for k, v in (claims or {}).items() if k not in _RESERVED_CLAIMS}
+        payload.update(iss=GATEWAY_ISSUER, sub=sub, iat=issued, exp=exp, jti=secrets.token_urlsafe(16))
+        token = jwt.encode(payload, self._signer.key, algorithm=GATEWAY_ALGORITHM, headers={"kid": self.kid})
+        return token, exp
+
+    async def verify(self, token: object) -> Principal:
+        """Verify a gateway-issued or trusted issuer's JWT; raise InvalidToken/TokenExpired."""
+        if not isinstance(token, str) or not token:
+            raise InvalidToken("token must be a non-empty string")
+        if len(token) > MAX_TOKEN_BYTES:
+            raise InvalidToken("token too large")
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise InvalidToken("malformed token") from None
+        # Header fields jku/jwk/x5u are never consulted: keys come only from config.
+        iss = unverified.get("iss")
+        trust = self._trusted.get(iss) if isinstance(iss, str) else None
+        if trust is None:
+            raise InvalidToken("untrusted issuer")
+        kid = header.get("kid")
+        key = await trust.source.key(kid if isinstance(kid, str) else None)
+        if key is None:
+            raise InvalidToken("unknown signing key")
+        try:
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=list(trust.algorithms),
+                audience=trust.audience,
+                issuer=iss,
+                leeway=self._leeway,
+                options={"require": ["exp", "sub"], "verify_aud": trust.audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenExpired("token expired") from None
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"token rejected: {type(exc).__name__}") from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise InvalidToken("sub must be a non-empty string")
+        return Principal(sub=sub, exp=float(claims["exp"]), claims=claims)

@@ -1,0 +1,278 @@
+"""The one configuration object, loaded once: flag > env > file > default.
+
+``load_config`` merges the three sources into one mapping and validates it
+with a single marshmallow schema, so a setting is parsed in exactly one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jwcrypto import jwk
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
+
+from gateway.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "TICKETGATE_"
+MIN_SECRET_BYTES = 32
+
+
+@dataclass(frozen=True, kw_only=True)
+class IssuerConfig:
+    """A trusted external JWT issuer (``[[issuers]]``)."""
+
+    iss: str
+    jwks_uri: str | None = None
+    jwks_file: str | None = None
+    audience: str | None = None
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Every setting of a gateway; see docs/configuration.md."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    redis_url: str | None = None
+    signing_key: Mapping[str, Any] | None = None  # private EC P-256 JWK
+    secret: bytes | None = None  # decoded HMAC secret
+    admin_token: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    ticket_ttl: float = 30
+    session_ttl: float = 60
+    access_token_ttl: float = 3600
+    otp_mask: int = 2
+    otp_window: int = 1
+    max_attempts: int = 3
+    deferred_auth: bool = True
+    auth_timeout: float = 10
+    on_expiry: str = "reauth"
+    expiry_warning: float = 30
+    reauth_grace: float = 30
+    refresh_tokens: bool = True
+    refresh_ttl: float = 86400
+    per_message_auth: bool = False
+    max_pending_per_ip: int = 100
+    leeway: float = 5
+    redis_channel: str = "socketio"
+    issuers: tuple[IssuerConfig, ...] = ()
+    demo: bool = False
+    # Set by load_config when it had to invent a key/secret/admin token, so
+    # that the CLI can warn (or print the demo admin token once).
+    generated: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def engine(self) -> str:
+        return "redis" if self.redis_url else "memory"
+
+
+_positive = validate.Range(min=0, min_inclusive=False)
+
+
+class IssuerSchema(Schema):
+    iss = fields.String(required=True, validate=validate.Length(min=1))
+    jwks_uri = fields.Url(schemes={"http", "https"}, require_tld=False, load_default=None)
+    jwks_file = fields.String(load_default=None)
+    audience = fields.String(load_default=None)
+    algorithms = fields.List(
+        fields.String(validate=validate.OneOf(["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"])),
+        validate=validate.Length(min=1),
+        load_default=["RS256", "ES256"],
+    )
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> IssuerConfig:
+        if (data["jwks_uri"] is None) == (data["jwks_file"] is None):
+            raise ValidationError("exactly one of jwks_uri or jwks_file is required", "issuers")
+        data["algorithms"] = tuple(data["algorithms"])
+        return IssuerConfig(**data)
+
+
+class ConfigSchema(Schema):
+    host = fields.String()
+    port = fields.Integer(validate=validate.Range(min=0, max=65535))
+    redis_url = fields.String(allow_none=True, validate=validate.Regexp(r"^(rediss?|unix)://"))
+    signing_key = fields.String(allow_none=True)
+    secret = fields.String(allow_none=True)
+    admin_token = fields.String(allow_none=True, validate=validate.Length(min=16))
+    allowed_origins = fields.List(fields.String())
+    ticket_ttl = fields.Float(validate=_positive)
+    session_ttl = fields.Float(validate=_positive)
+    access_token_ttl = fields.Float(validate=_positive)
+    otp_mask = fields.Integer(validate=validate.Range(min=0, max=6))
+    otp_window = fields.Integer(validate=validate.Range(min=0, max=10))
+    max_attempts = fields.Integer(validate=validate.Range(min=1))
+    deferred_auth = fields.Boolean()
+    auth_timeout = fields.Float(validate=_positive)
+    on_expiry = fields.String(validate=validate.OneOf(["ignore", "close", "reauth"]))
+    expiry_warning = fields.Float(validate=validate.Range(min=0))
+    reauth_grace = fields.Float(validate=_positive)
+    refresh_tokens = fields.Boolean()
+    refresh_ttl = fields.Float(validate=_positive)
+    per_message_auth = fields.Boolean()
+    max_pending_per_ip = fields.Integer(validate=validate.Range(min=1))
+    leeway = fields.Float(validate=validate.Range(min=0, max=30))
+    redis_channel = fields.String(validate=validate.Length(min=1))
+    issuers = fields.List(fields.Nested(IssuerSchema))
+    demo = fields.Boolean()
+
+    @validates("allowed_origins")
+    def _origins(self, value: list[str], **_: Any) -> None:
+        for origin in value:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValidationError(f"{origin!r} is not an origin like https://app.example.com")
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        if "*" in data.get("allowed_origins", ()) and not data.get("demo"):
+            raise ValidationError("'*' is allowed only with --demo", "allowed_origins")
+        if data.get("signing_key") is not None:
+            data["signing_key"] = _load_signing_key(data["signing_key"])
+        if data.get("secret") is not None:
+            data["secret"] = _decode_secret(data["secret"])
+        for name in ("allowed_origins", "issuers"):
+            if name in data:
+                data[name] = tuple(data[name])
+        return data
+
+
+def _load_signing_key(value: str) -> dict[str, Any]:
+    text = value.strip()
+    if not text.startswith("{"):
+        try:
+            text = Path(text).read_text()
+        except OSError as exc:
+            raise ValidationError(f"cannot read key file: {exc.strerror}", "signing_key") from None
+    try:
+        key = jwk.JWK.from_json(text)
+    except Exception:
+        # Never echo the text: it is a private key.
+        raise ValidationError("not a valid JWK", "signing_key") from None
+    if key.get("kty") != "EC" or key.get("crv") != "P-256" or not key.has_private:
+        raise ValidationError("must be a private EC P-256 JWK", "signing_key")
+    exported: dict[str, Any] = key.export(private_key=True, as_dict=True)
+    exported.setdefault("kid", key.thumbprint())
+    return exported
+
+
+def _decode_secret(value: str) -> bytes:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        raise ValidationError("must be base64url", "secret") from None
+    if len(raw) < MIN_SECRET_BYTES:
+        raise ValidationError(f"must decode to at least {MIN_SECRET_BYTES} bytes", "secret")
+    return raw
+
+
+def _read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+_LIST_SETTINGS = {"allowed_origins", "issuers"}
+
+
+def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    known = set(ConfigSchema().fields)
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        setting = name[len(ENV_PREFIX) :].lower()
+        if setting not in known:
+            raise ConfigError(f"{name}: unknown setting {setting!r}")
+        if setting in _LIST_SETTINGS:
+            found[setting] = _env_list(name, value)
+        else:
+            found[setting] = value
+    return found
+
+
+def _env_list(name: str, value: str) -> Any:
+    if value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{name}: not a valid JSON list") from None
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _first_error(messages: Any, path: str = "") -> str:
+    """Flatten marshmallow's nested error dict into one 'setting: problem' line."""
+    if isinstance(messages, dict):
+        key, value = next(iter(messages.items()))
+        name = str(key) if key != "_schema" else ""
+        return _first_error(value, f"{path}.{name}".strip(".") if name else path)
+    if isinstance(messages, list) and messages:
+        return _first_error(messages[0], path)
+    return f"{path}: {messages}" if path else str(messages)
+
+
+def load_config(
+    *,
+    file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Merge file, environment and flags (in rising precedence) into a Config.
+
+    Raises ConfigError with a one-line message naming the bad setting.
+    """
+    merged: dict[str, Any] = {}
+    if file is not None:
+        merged.update(_read_file(file))
+    merged.update(_read_env(os.environ if environ is None else environ))
+    merged.update({k: v for k, v in (flags or {}).items() if v is not None})
+    try:
+        data = ConfigSchema().load(merged)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc.messages)) from None
+    generated: set[str] = set()
+    if data.get("redis_url"):
+        missing = [name for name in ("signing_key", "secret") if data.get(name) is None]
+        if missing:
+            raise ConfigError(
+                f"the redis engine needs {' and '.join(missing)} shared by every node "
+                "(run `ticketgate keygen` and add its output to the config file)"
+            )
+    if data.get("signing_key") is None:
+        data["signing_key"] = generate_signing_key()
+        generated.add("signing_key")
+    if data.get("secret") is None:
+        data["secret"] = secrets.token_bytes(MIN_SECRET_BYTES)
+        generated.add("secret")
+    if data.get("demo") and data.get("admin_token") is None:
+        data["admin_token"] = secrets.token_urlsafe(24)
+        generated.add("admin_token")
+    return Config(**data, generated=frozenset(generated))
+
+
+def generate_signing_key() -> dict[str, Any]:
+    """A fresh private EC P-256 JWK whose kid is its RFC 7638 thumbprint."""
+    key = jwk.JWK.generate(kty="EC", crv="P-256")
+    exported: dict[str, Any] = key.export(private_key=True, as_dict=True)
+    exported["kid"] = key.thumbprint()
+    return exported
+
+
+def encode_secret(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

@@ -1,0 +1,35 @@
+"""Publish into a ticketgate cluster from any Python backend, without running
+a gateway: python-socketio's write-only Redis manager on the cluster's channel.
+
+    emitter = Emitter("redis://localhost:6379/0")
+    await emitter.publish("user:alice", "invoice_paid", {"id": 42})
+    await emitter.close()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.realtime import RESERVED_EVENTS, ROOM_PATTERN, ClusterManager
+
+
+class Emitter:
+    def __init__(self, redis_url: str, *, channel: str = "socketio") -> None:
+        self._manager = ClusterManager(redis_url, channel=channel, write_only=True)
+
+    async def publish(self, room: str, event: str, data: Any = None) -> None:
+        """Deliver ``event`` to ``room`` on every gateway of the cluster.
+
+        ``room`` is ``user:<sub>``, ``session:<id>`` or ``room:<name>``. Raises
+        ValueError for a bad room or event name, StoreUnavailable when Redis
+        cannot be reached.
+        """
+        if not ROOM_PATTERN.match(room):
+            raise ValueError("room must be user:<sub>, session:<id> or room:<name>")
+        if not event or event in RESERVED_EVENTS:
+            raise ValueError(f"event name {event!r} is empty or reserved by Socket.IO")
+        await self._manager.emit(event, data, room=room)
+
+    async def close(self) -> None:
+        if self._manager.redis is not None:
+            await self._manager.redis.aclose()

@@ -1,0 +1,74 @@
+"""One rooted exception tree for the domain.
+
+Domain code raises these; only ``handlers/`` translates them into Socket.IO
+refusals, ``closing`` codes or HTTP error bodies. Each class carries the
+protocol's snake_case ``reason`` so the boundary needs no string tables.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Root of every error ticketgate raises on purpose."""
+
+    reason = "internal_error"
+
+
+class ConfigError(GatewayError):
+    """The configuration is invalid; the message names the setting."""
+
+    reason = "invalid_config"
+
+
+class StoreUnavailable(GatewayError):
+    """The state store (Redis) cannot be reached."""
+
+    reason = "unavailable"
+
+
+class InvalidRequest(GatewayError):
+    """Malformed input: wrong shape, unknown field, wrong type."""
+
+    reason = "invalid_request"
+
+
+class AuthError(GatewayError):
+    """The presented credentials do not authenticate anyone."""
+
+    reason = "unauthenticated"
+
+
+class MissingCredentials(AuthError):
+    reason = "missing_credentials"
+
+
+class AmbiguousCredentials(AuthError):
+    reason = "ambiguous_credentials"
+
+
+class InvalidToken(AuthError):
+    reason = "invalid_token"
+
+
+class TokenExpired(InvalidToken):
+    reason = "token_expired"
+
+
+class InvalidTicket(AuthError):
+    reason = "invalid_ticket"
+
+
+class Revoked(AuthError):
+    reason = "revoked"
+
+
+class Forbidden(GatewayError):
+    reason = "forbidden"
+
+
+class RateLimited(GatewayError):
+    reason = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -1,0 +1,23 @@
+"""Every typed key of the aiohttp app state, declared once."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from gateway.auth.tickets import TicketService
+from gateway.auth.tokens import TokenService
+from gateway.config import Config
+from gateway.metrics import Metrics
+from gateway.realtime import OriginPolicy, Realtime
+from gateway.store import Store
+
+config = web.AppKey("config", Config)
+store = web.AppKey("store", Store)
+metrics = web.AppKey("metrics", Metrics)
+tokens = web.AppKey("tokens", TokenService)
+tickets = web.AppKey("tickets", TicketService)
+realtime = web.AppKey("realtime", Realtime)
+origins = web.AppKey("origins", OriginPolicy)
+http_client = web.AppKey("http_client", aiohttp.ClientSession)
+openapi = web.AppKey("openapi", dict)

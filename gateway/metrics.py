@@ -1,0 +1,29 @@
+"""Prometheus metrics, in a registry of the app's own (tests build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.connected_sockets = Gauge(
+            "ticketgate_connected_sockets", "Authenticated sockets connected to this node", registry=self.registry
+        )
+        self.connect_attempts = Counter(
+            "ticketgate_connect_attempts",
+            "Socket.IO connect attempts by result and reason",
+            ["result", "reason"],
+            registry=self.registry,
+        )
+        self.tickets_issued = Counter("ticketgate_tickets_issued", "Tickets issued", registry=self.registry)
+        self.tickets_consumed = Counter(
+            "ticketgate_tickets_consumed", "Tickets consumed by a connect", registry=self.registry
+        )
+        self.events_published = Counter(
+            "ticketgate_events_published", "Events published through the API", registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

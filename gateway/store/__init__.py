@@ -1,0 +1,17 @@
+"""State stores: ``create_store(url)`` picks the engine from the Redis URL."""
+
+from __future__ import annotations
+
+from gateway.store.base import PREFIX, Store
+from gateway.store.memory import MemoryStore
+
+
+def create_store(redis_url: str | None) -> Store:
+    if not redis_url:
+        return MemoryStore()
+    from gateway.store.redis import RedisStore
+
+    return RedisStore(url=redis_url)
+
+
+__all__ = ["PREFIX", "MemoryStore", "Store", "create_store"]

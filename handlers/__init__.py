@@ -1,0 +1,1 @@
+"""The doors: translate wire formats to domain calls and domain errors back."""

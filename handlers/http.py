@@ -1,0 +1,183 @@
+"""aiohttp routes: parse and validate, call the domain, render JSON.
+
+Every error leaves as ``{"error": {"code", "message"}}``; domain errors are
+translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from marshmallow import Schema, ValidationError
+
+from gateway import keys
+from gateway.errors import (
+    AuthError,
+    Forbidden,
+    GatewayError,
+    InvalidRequest,
+    InvalidToken,
+    MissingCredentials,
+    RateLimited,
+    StoreUnavailable,
+)
+from handlers import schemas
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Most specific first: the first class in an error's MRO found here wins.
+_STATUS: dict[type[GatewayError], int] = {
+    InvalidRequest: 400,
+    AuthError: 401,
+    Forbidden: 403,
+    RateLimited: 429,
+    StoreUnavailable: 503,
+}
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    431: "headers_too_large",
+}
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
+
+
+def status_for(exc: GatewayError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return 500
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        status = status_for(exc)
+        response = error_response(status, exc.reason, str(exc))
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        if isinstance(exc, AuthError):
+            response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return error_response(exc.status, code, exc.reason)
+
+
+def origin_middleware_for(path_prefix: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Refuse a cross-origin Socket.IO handshake with 403 before any upgrade (PROTOCOL §3, 4003)."""
+
+    @web.middleware
+    async def origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith(path_prefix):
+            policy = request.app[keys.origins]
+            if not policy.allows(request.headers.get("Origin"), host=request.host, scheme=request.scheme):
+                logger.info("refused handshake: origin_not_allowed")
+                return error_response(403, "origin_not_allowed", "this Origin may not connect")
+        return await handler(request)
+
+    return origin_middleware
+
+
+async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
+    raw = await request.read()  # raises 413 past client_max_size
+    if not raw.strip():
+        raw = b"{}"
+    try:
+        payload = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidRequest("body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("body must be a JSON object")
+    try:
+        data: dict[str, Any] = schema.load(payload)
+    except ValidationError as exc:
+        raise InvalidRequest(schemas.first_error(exc)) from None
+    return data
+
+
+def bearer(request: web.Request) -> str:
+    header = request.headers.get("Authorization")
+    if not header:
+        raise MissingCredentials("Authorization: Bearer <token> required")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise InvalidToken("Authorization must be 'Bearer <token>'")
+    return value.strip()
+
+
+def require_admin(request: web.Request) -> None:
+    expected = request.app[keys.config].admin_token
+    if expected is None:
+        raise Forbidden("the admin API is disabled: no admin_token is configured")
+    if not hmac.compare_digest(bearer(request).encode(), expected.encode()):
+        raise InvalidToken("invalid admin token")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await request.app[keys.store].ping()
+    except StoreUnavailable:
+        return web.json_response({"status": "unavailable"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[keys.metrics].render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def jwks(request: web.Request) -> web.Response:
+    return web.json_response(request.app[keys.tokens].jwks, headers={"Cache-Control": "public, max-age=300"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[keys.openapi])
+
+
+async def issue_ticket(request: web.Request) -> web.Response:
+    principal = await request.app[keys.tokens].verify(bearer(request))
+    await load_body(request, schemas.TicketRequest())
+    issued = await request.app[keys.tickets].issue(principal)
+    request.app[keys.metrics].tickets_issued.inc()
+    body = {"ticket": issued.ticket, "expires": issued.expires, "expiresAt": schemas.iso_z(issued.expires)}
+    return web.json_response(body, status=201, headers={"Cache-Control": "no-store"})
+
+
+async def publish(request: web.Request) -> web.Response:
+    require_admin(request)
+    body = await load_body(request, schemas.PublishRequest())
+    await request.app[keys.realtime].publish(body["room"], body["event"], body["data"])
+    request.app[keys.metrics].events_published.inc()
+    return web.json_response({"room": body["room"], "event": body["event"]}, status=202)
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_post("/ws/ticket", issue_ticket)
+    app.router.add_post("/api/publish", publish)
