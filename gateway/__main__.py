@@ -12,26 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
-from gateway.app import create_app
+from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.auth.tokens import TokenService
 from gateway.config import Config, encode_secret, generate_signing_key, load_config
 from gateway.errors import ConfigError
+from handlers.http import RedactParserErrors
 
 logger = logging.getLogger("gateway")
-
-# Long enough for a 8 KB token in a header to reach our own 401, short enough
-# that a 1 MB header is refused by aiohttp's parser before the app.
-MAX_HEADER_FIELD = 16 * 1024
-SHUTDOWN_TIMEOUT = 3.0
-
-
-class AccessLogger(AbstractAccessLogger):
-    """Access log without the query string: tickets and tokens may ride in it."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info("%s %s %s %d %.3fs", request.remote, request.method, request.path, response.status, time)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(RedactParserErrors())
     try:
         if args.command == "keygen":
             return _keygen()
@@ -101,13 +90,7 @@ async def serve(config: Config) -> None:
             "no signing_key/secret configured: using ephemeral ones (tokens die with this process); "
             "run `ticketgate keygen` to make permanent ones"
         )
-    runner = web.AppRunner(
-        create_app(config),
-        handle_signals=False,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-        access_log_class=AccessLogger,
-        max_field_size=MAX_HEADER_FIELD,
-    )
+    runner = web.AppRunner(create_app(config), handle_signals=False, **RUNNER_OPTIONS)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

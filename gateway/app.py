@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -21,6 +22,16 @@ from handlers.events import SocketHandlers
 from handlers.openapi import build_openapi
 
 logger = logging.getLogger(__name__)
+
+# How every runner serves the app (the CLI's and the tests'): long header
+# fields so a >8 KB token still reaches our own 401, yet a 1 MB header is
+# refused by aiohttp's parser; an access log that never shows query strings;
+# a short wait for open handlers once sockets have been told `closing`.
+RUNNER_OPTIONS: dict[str, Any] = {
+    "access_log_class": http.AccessLogger,
+    "max_field_size": 16 * 1024,
+    "shutdown_timeout": 3.0,
+}
 
 SOCKETIO_PATH = "socket.io"
 MAX_BODY_BYTES = 64 * 1024

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from marshmallow import Schema, ValidationError
 
 from gateway import keys
@@ -49,6 +51,27 @@ _HTTP_CODES = {
     413: "payload_too_large",
     431: "headers_too_large",
 }
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Access log without the query string: tickets and tokens may ride in it."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s %d %.3fs", request.remote, request.method, request.path, response.status, time)
+
+
+class RedactParserErrors(logging.Filter):
+    """aiohttp's parser logs the first 100 bytes of an oversized or malformed
+    request line or header, which may hold a ticket or token: keep the event,
+    drop the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
+            record.msg = "refused a malformed or oversized request: %s"
+            record.args = (type(record.exc_info[1]).__name__,)
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:

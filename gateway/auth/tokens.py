@@ -146,6 +146,7 @@ class TokenService:
         *,
         config: Config,
         http: Callable[[], aiohttp.ClientSession] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if config.signing_key is None:
             raise ValueError("config.signing_key is required")
@@ -160,18 +161,21 @@ class TokenService:
         own = JwksSource(name=GATEWAY_ISSUER, load=self._own_jwks, min_interval=float("inf"))
         self._trusted: dict[str, _Trust] = {GATEWAY_ISSUER: _Trust(own, (GATEWAY_ALGORITHM,), None)}
         for issuer in config.issuers:
-            self._trusted[issuer.iss] = _Trust(self._source_for(issuer, http), issuer.algorithms, issuer.audience)
+            source = self._source_for(issuer, http, clock)
+            self._trusted[issuer.iss] = _Trust(source, issuer.algorithms, issuer.audience)
 
     async def _own_jwks(self) -> Mapping[str, Any]:
         return self.jwks
 
     @staticmethod
-    def _source_for(issuer: IssuerConfig, http: Callable[[], aiohttp.ClientSession] | None) -> JwksSource:
+    def _source_for(
+        issuer: IssuerConfig, http: Callable[[], aiohttp.ClientSession] | None, clock: Callable[[], float]
+    ) -> JwksSource:
         if issuer.jwks_file is not None:
-            return JwksSource(name=issuer.iss, load=_file_loader(issuer.jwks_file))
+            return JwksSource(name=issuer.iss, load=_file_loader(issuer.jwks_file), clock=clock)
         if http is None or issuer.jwks_uri is None:
             raise ValueError(f"issuer {issuer.iss} needs an HTTP session for its jwks_uri")
-        return JwksSource(name=issuer.iss, load=_url_loader(http, issuer.jwks_uri))
+        return JwksSource(name=issuer.iss, load=_url_loader(http, issuer.jwks_uri), clock=clock)
 
     def source(self, iss: str) -> JwksSource:
         return self._trusted[iss].source

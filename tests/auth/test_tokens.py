@@ -1,0 +1,239 @@
+"""gateway/auth/tokens.py: minting, verification, trusted issuers and their JWKS."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from jwcrypto import jwk
+
+from gateway.auth.tokens import GATEWAY_ISSUER, JWKS_REFETCH_INTERVAL, TokenService
+from gateway.config import load_config
+from gateway.errors import InvalidToken, TokenExpired
+from tests.auth.conftest import AUDIENCE, ISSUER, Issuer
+
+
+def service(**settings: Any) -> TokenService:
+    return TokenService(config=load_config(environ={}, flags=settings))
+
+
+async def test_minted_token_has_the_protocol_shape() -> None:
+    tokens = service()
+    token, exp = tokens.mint("alice", claims={"rooms": ["room:a*"], "iss": "forged"})
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "ES256" and header["kid"] == tokens.kid
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["iss"] == GATEWAY_ISSUER  # reserved claims cannot be overridden
+    assert claims["sub"] == "alice" and claims["exp"] == exp and claims["rooms"] == ["room:a*"]
+    assert claims["exp"] - claims["iat"] == 3600 and claims["jti"]
+    principal = await tokens.verify(token)
+    assert principal.sub == "alice" and principal.exp == exp
+
+
+async def test_jwks_publishes_only_the_public_key() -> None:
+    tokens = service()
+    (key,) = tokens.jwks["keys"]
+    assert key["kty"] == "EC" and key["crv"] == "P-256" and key["alg"] == "ES256" and key["use"] == "sig"
+    assert "d" not in key and key["kid"] == tokens.kid
+
+
+async def test_leeway_applies_to_exp() -> None:
+    tokens = service(leeway=5)
+    token, _ = tokens.mint("a", ttl=10, now=time.time() - 12)  # expired 2 s ago, within the leeway
+    assert (await tokens.verify(token)).sub == "a"
+    token, _ = tokens.mint("a", ttl=10, now=time.time() - 20)
+    with pytest.raises(TokenExpired):
+        await tokens.verify(token)
+
+
+async def test_token_of_another_gateway_key_is_refused() -> None:
+    ours, theirs = service(), service()
+    token, _ = theirs.mint("a")
+    with pytest.raises(InvalidToken, match="unknown signing key"):
+        await ours.verify(token)
+
+
+@pytest.mark.parametrize("value", [None, 5, "", "a.b", "x" * 9000])
+async def test_garbage_is_invalid_token(value: object) -> None:
+    with pytest.raises(InvalidToken):
+        await service().verify(value)
+
+
+async def test_jku_and_jwk_headers_are_ignored() -> None:
+    """A token that brings its own key (jwk/jku header) is still checked against our keys only."""
+    tokens = service()
+    attacker = jwk.JWK.generate(kty="EC", crv="P-256", kid=tokens.kid)
+    now = int(time.time())
+    token = jwt.encode(
+        {"iss": GATEWAY_ISSUER, "sub": "mallory", "iat": now, "exp": now + 60},
+        attacker.export_to_pem(private_key=True, password=None),
+        algorithm="ES256",
+        headers={"kid": tokens.kid, "jwk": attacker.export_public(as_dict=True), "jku": "http://127.0.0.1:1/k"},
+    )
+    with pytest.raises(InvalidToken):
+        await tokens.verify(token)
+
+
+async def test_trusted_issuer_from_jwks_file(issuer: Issuer) -> None:
+    tokens = service(issuers=[issuer.settings])
+    principal = await tokens.verify(issuer.token(sub="ivy", rooms=["room:x"]))
+    assert principal.sub == "ivy" and principal.claims["rooms"] == ["room:x"]
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"aud": "someone-else"},
+        {"iss": "https://other.example"},
+        {"exp": int(time.time()) - 3600},
+        {"nbf": int(time.time()) + 3600},
+        {"sub": ""},
+    ],
+)
+async def test_issuer_claims_are_checked(issuer: Issuer, claims: dict[str, Any]) -> None:
+    tokens = service(issuers=[issuer.settings])
+    with pytest.raises(InvalidToken):
+        await tokens.verify(issuer.token(**claims))
+
+
+async def test_issuer_token_signed_by_another_key_with_its_kid(issuer: Issuer) -> None:
+    tokens = service(issuers=[issuer.settings])
+    impostor = jwk.JWK.generate(kty="RSA", size=2048, kid=issuer.key["kid"])
+    with pytest.raises(InvalidToken):
+        await tokens.verify(issuer.token(key=impostor))
+
+
+async def test_hs256_with_the_issuers_public_key_as_secret(issuer: Issuer) -> None:
+    tokens = service(issuers=[issuer.settings])
+    pem = issuer.key.export_to_pem()
+
+    def b64(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    now = int(time.time())
+    signing_input = (
+        b64({"alg": "HS256", "kid": issuer.key["kid"]})
+        + "."
+        + b64({"iss": ISSUER, "aud": AUDIENCE, "sub": "m", "exp": now + 60})
+    )
+    mac = base64.urlsafe_b64encode(hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()).rstrip(b"=")
+    with pytest.raises(InvalidToken):
+        await tokens.verify(signing_input + "." + mac.decode())
+
+
+async def test_algorithm_outside_the_issuers_allowlist(issuer: Issuer) -> None:
+    settings = {**issuer.settings, "algorithms": ["ES256"]}
+    tokens = service(issuers=[settings])
+    with pytest.raises(InvalidToken):
+        await tokens.verify(issuer.token())
+
+
+class JwksServer:
+    """A real HTTP server on 127.0.0.1 serving a rotatable JWKS and counting fetches."""
+
+    def __init__(self) -> None:
+        self.keys = [jwk.JWK.generate(kty="EC", crv="P-256", kid="k1")]
+        self.fetches = 0
+        app = web.Application()
+        app.router.add_get("/jwks.json", self._jwks)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    async def _jwks(self, request: web.Request) -> web.Response:
+        self.fetches += 1
+        return web.json_response({"keys": [k.export_public(as_dict=True) for k in self.keys]})
+
+    def rotate(self, kid: str) -> jwk.JWK:
+        key = jwk.JWK.generate(kty="EC", crv="P-256", kid=kid)
+        self.keys = [key]
+        return key
+
+    @property
+    def uri(self) -> str:
+        return str(self.server.make_url("/jwks.json"))
+
+    def token(self, key: jwk.JWK, *, kid: str | None = None, sub: str = "ivy") -> str:
+        now = int(time.time())
+        return jwt.encode(
+            {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": now, "exp": now + 60},
+            key.export_to_pem(private_key=True, password=None),
+            algorithm="ES256",
+            headers={"kid": kid or key["kid"]},
+        )
+
+
+@pytest.fixture
+async def jwks_server() -> AsyncIterator[JwksServer]:
+    server = JwksServer()
+    await server.server.start_server()
+    yield server
+    await server.server.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_jwks_uri_rotation_and_refetch_rate_limit(jwks_server: JwksServer) -> None:
+    clock = Clock()
+    config = load_config(
+        environ={},
+        flags={
+            "issuers": [{"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["ES256"]}]
+        },
+    )
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenService(config=config, http=lambda: session, clock=clock)
+        first = jwks_server.keys[0]
+        assert (await tokens.verify(jwks_server.token(first))).sub == "ivy"
+        assert jwks_server.fetches == 1
+        for _ in range(5):  # cached: no further fetch
+            await tokens.verify(jwks_server.token(first))
+        assert jwks_server.fetches == 1
+
+        # 30 tokens with random unknown kids within one interval: no extra fetch at all.
+        for _ in range(30):
+            with pytest.raises(InvalidToken):
+                await tokens.verify(jwks_server.token(first, kid=secrets.token_hex(8)))
+        assert jwks_server.fetches == 1
+
+        # The issuer rotates; once the interval has passed, an unknown kid triggers one refetch.
+        second = jwks_server.rotate("k2")
+        clock.now += JWKS_REFETCH_INTERVAL
+        assert (await tokens.verify(jwks_server.token(second))).sub == "ivy"
+        assert jwks_server.fetches == 2
+        for _ in range(30):
+            with pytest.raises(InvalidToken):
+                await tokens.verify(jwks_server.token(second, kid=secrets.token_hex(8)))
+        assert jwks_server.fetches == 2
+        # The rotated-out key is gone with the refetch.
+        with pytest.raises(InvalidToken):
+            await tokens.verify(jwks_server.token(first))
+
+
+async def test_jwks_fetch_failure_keeps_old_keys(jwks_server: JwksServer) -> None:
+    clock = Clock()
+    config = load_config(environ={}, flags={"issuers": [{"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["ES256"]}]})  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenService(config=config, http=lambda: session, clock=clock)
+        key = jwks_server.keys[0]
+        await tokens.verify(jwks_server.token(key))
+        await jwks_server.server.close()  # the issuer goes down
+        clock.now += JWKS_REFETCH_INTERVAL
+        with pytest.raises(InvalidToken):
+            await tokens.verify(jwks_server.token(key, kid="unknown"))
+        assert (await tokens.verify(jwks_server.token(key))).sub == "ivy"

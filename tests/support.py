@@ -1,0 +1,284 @@
+"""Real parts for the tests: redis-server, gateway processes, nginx, clients.
+
+Nothing here is a mock: each helper starts or drives the real program.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import socketio
+
+ROOT = Path(__file__).resolve().parent.parent
+JS_DIR = ROOT / "tests" / "js"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, *, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
+
+
+def which(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
+    if found is None:
+        raise RuntimeError(f"{name} is not installed: run `make test`, which installs it")
+    return found
+
+
+class RedisServer:
+    """A real redis-server on a free port, without persistence; stoppable and restartable."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                which("redis-server"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def flush(self) -> None:
+        subprocess.run(
+            [which("redis-cli"), "-p", str(self.port), "FLUSHALL"], check=True, capture_output=True, timeout=10
+        )
+
+
+def keygen() -> dict[str, str]:
+    """A signing key and secret as `ticketgate keygen` prints them (run for real)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "keygen"], check=True, capture_output=True, text=True, cwd=ROOT, timeout=30
+    ).stdout
+    values: dict[str, str] = {}
+    for line in out.splitlines():
+        if " = " in line and not line.startswith("#"):
+            name, _, value = line.partition(" = ")
+            values[name] = value.strip()[1:-1]
+    return values
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    text = str(value)
+    return (
+        f"'{text}'" if '"' in text and "'" not in text else '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    )
+
+
+def write_toml(path: Path, settings: dict[str, Any]) -> Path:
+    lines = []
+    tables = []
+    for name, value in settings.items():
+        if name == "issuers":
+            for issuer in value:
+                tables.append("[[issuers]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in issuer.items()))
+        else:
+            lines.append(f"{name} = {toml_value(value)}")
+    path.write_text("\n".join(lines) + "\n\n" + "\n".join(tables))
+    return path
+
+
+@dataclass
+class GatewayProcess:
+    """One real `python -m gateway serve` process."""
+
+    config_file: Path
+    log_file: Path
+    port: int = field(default_factory=free_port)
+    extra_args: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, wait: bool = True) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TICKETGATE_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        log = self.log_file.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--config",
+                str(self.config_file),
+                "--port",
+                str(self.port),
+                *self.extra_args,
+            ],  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+        )
+        log.close()
+        if wait:
+            wait_for_port(self.port, proc=self.proc, timeout=20)
+
+    def terminate(self) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+class Probe:
+    """A real python-socketio AsyncClient that records every event in order."""
+
+    def __init__(self) -> None:
+        self.client = socketio.AsyncClient(reconnection=False)
+        self.events: list[tuple[str, Any]] = []
+        self.connect_error: Any = None
+        self.disconnected = asyncio.Event()
+        self._changed = asyncio.Condition()
+
+        @self.client.on("*")
+        async def _any(event: str, data: Any = None) -> None:
+            await self._record(event, data)
+
+        @self.client.event
+        async def connect_error(data: Any) -> None:
+            self.connect_error = data
+
+        @self.client.event
+        async def disconnect(reason: Any = None) -> None:
+            self.disconnected.set()
+            await self._record("__disconnect__", reason)
+
+    async def _record(self, event: str, data: Any) -> None:
+        async with self._changed:
+            self.events.append((event, data))
+            self._changed.notify_all()
+
+    async def connect(
+        self,
+        url: str,
+        *,
+        auth: Any = None,
+        query: str = "",
+        transports: tuple[str, ...] = ("websocket",),
+        headers: dict[str, str] | None = None,
+    ) -> bool:
+        """Connect; True on success, False on refusal (see ``connect_error``)."""
+        target = url + (f"?{query}" if query else "")
+        try:
+            await self.client.connect(
+                target, auth=auth, transports=list(transports), headers=headers or {}, wait_timeout=10
+            )
+        except socketio.exceptions.ConnectionError:
+            return False
+        return True
+
+    async def wait_for(self, event: str, *, timeout: float = 5.0, count: int = 1) -> Any:
+        """The data of the ``count``-th ``event`` received, waiting up to ``timeout``."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.named(event)) >= count), timeout=timeout)
+        return self.named(event)[count - 1]
+
+    def named(self, event: str) -> list[Any]:
+        return [data for name, data in self.events if name == event]
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.disconnect()
+        with contextlib.suppress(Exception):
+            await self.client.shutdown()
+
+
+async def http_json(
+    method: str, url: str, *, token: str | None = None, json: Any = None, data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
+    """One real HTTP request; (status, parsed JSON body or text, headers)."""
+    all_headers = dict(headers or {})
+    if token is not None:
+        all_headers["Authorization"] = f"Bearer {token}"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, url, json=json, data=data, headers=all_headers) as resp,
+    ):
+        text = await resp.text()
+        try:
+            import json as _json
+
+            body: Any = _json.loads(text)
+        except ValueError:
+            body = text
+        return resp.status, body, dict(resp.headers)
+
+
+@contextlib.contextmanager
+def gateway_processes(*procs: GatewayProcess) -> Iterator[tuple[GatewayProcess, ...]]:
+    try:
+        for proc in procs:
+            proc.start()
+        yield procs
+    finally:
+        for proc in procs:
+            proc.terminate()

@@ -1,0 +1,153 @@
+"""gateway/config.py and the CLI: precedence, validation, one clear line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jwt
+import pytest
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from tests.support import ROOT, keygen
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+    )  # fmt: skip
+
+
+def test_defaults_match_the_protocol() -> None:
+    config = load_config(environ={})
+    assert (config.host, config.port, config.redis_url, config.engine) == ("127.0.0.1", 8080, None, "memory")
+    assert (config.ticket_ttl, config.session_ttl, config.access_token_ttl) == (30, 60, 3600)
+    assert (config.otp_mask, config.otp_window, config.max_attempts) == (2, 1, 3)
+    assert (config.deferred_auth, config.auth_timeout, config.on_expiry) == (True, 10, "reauth")
+    assert (config.expiry_warning, config.reauth_grace, config.refresh_tokens) == (30, 30, True)
+    assert (config.refresh_ttl, config.per_message_auth, config.max_pending_per_ip) == (86400, False, 100)
+    assert (config.leeway, config.redis_channel, config.issuers, config.allowed_origins) == (5, "socketio", (), ())
+    assert config.admin_token is None
+    assert {"signing_key", "secret"} <= config.generated  # ephemeral, and the CLI warns
+
+
+def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text("port = 1111\nticket_ttl = 11\nauth_timeout = 3\n")
+    env = {"TICKETGATE_PORT": "2222", "TICKETGATE_TICKET_TTL": "22"}
+    config = load_config(file=file, environ=env, flags={"port": 3333})
+    assert (config.port, config.ticket_ttl, config.auth_timeout) == (3333, 22, 3)
+
+
+def test_env_lists(tmp_path: Path) -> None:
+    config = load_config(environ={"TICKETGATE_ALLOWED_ORIGINS": "https://a.example, https://b.example"})
+    assert config.allowed_origins == ("https://a.example", "https://b.example")
+    config = load_config(environ={"TICKETGATE_ALLOWED_ORIGINS": '["https://c.example"]'})
+    assert config.allowed_origins == ("https://c.example",)
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"colour": "red"}, "colour"),
+        ({"port": "eighty"}, "port"),
+        ({"on_expiry": "explode"}, "on_expiry"),
+        ({"leeway": 60}, "leeway"),
+        ({"secret": "c2hvcnQ"}, "secret"),
+        ({"signing_key": '{"kty": "oct", "k": "AAAA"}'}, "signing_key"),
+        ({"allowed_origins": ["*"]}, "allowed_origins"),
+        ({"redis_url": "redis://127.0.0.1:1/0"}, "signing_key"),
+        ({"issuers": [{"iss": "x"}]}, "issuers"),
+    ],
+)
+def test_bad_settings_name_the_problem(settings: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_config(environ={}, flags=settings)
+
+
+def test_unknown_env_setting() -> None:
+    with pytest.raises(ConfigError, match="TICKETGATE_COLOUR"):
+        load_config(environ={"TICKETGATE_COLOUR": "red"})
+
+
+def test_star_origin_allowed_with_demo() -> None:
+    config = load_config(environ={}, flags={"allowed_origins": ["*"], "demo": True})
+    assert config.allowed_origins == ("*",) and config.admin_token and "admin_token" in config.generated
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        ("port = 'x'\n", "port"),
+        ("not toml at all [\n", "not valid TOML"),
+        ("mystery = 1\n", "mystery"),
+        ("redis_url = 'redis://127.0.0.1:6399/0'\n", "signing_key"),
+    ],
+)
+def test_cli_bad_config_prints_one_line_and_exits_2(tmp_path: Path, content: str, named: str) -> None:
+    file = tmp_path / "bad.toml"
+    file.write_text(content)
+    result = run_cli("serve", "--config", str(file), timeout=15)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ticketgate: config error:") and named in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_bad_env_exits_2() -> None:
+    result = run_cli("serve", env={"TICKETGATE_MAX_ATTEMPTS": "0"})
+    assert result.returncode == 2 and "max_attempts" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_keygen_output_is_a_loadable_toml_snippet(tmp_path: Path) -> None:
+    values = keygen()
+    file = tmp_path / "keys.toml"
+    file.write_text(run_cli("keygen").stdout + "\nport = 9999\n")
+    config = load_config(file=file, environ={})
+    assert config.port == 9999 and not config.generated
+    assert config.signing_key is not None and config.signing_key["crv"] == "P-256" and config.signing_key["kid"]
+    assert len(config.secret or b"") == 32
+    assert set(values) == {"signing_key", "secret"}
+
+
+def test_token_command_mints_a_verifiable_token(tmp_path: Path) -> None:
+    file = tmp_path / "keys.toml"
+    file.write_text(run_cli("keygen").stdout)
+    result = run_cli(
+        "token", "--config", str(file), "--sub", "alice", "--ttl", "120", "--claims", '{"rooms": ["room:*"]}'
+    )
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    key = dict(load_config(file=file, environ={}).signing_key or {})
+    public = jwt.PyJWK({k: v for k, v in key.items() if k != "d"})
+    claims = jwt.decode(token, public.key, algorithms=["ES256"])
+    assert claims["sub"] == "alice" and claims["rooms"] == ["room:*"] and claims["exp"] - claims["iat"] == 120
+    assert jwt.get_unverified_header(token)["kid"] == key["kid"]
+
+
+def test_token_command_refuses_a_config_without_key(tmp_path: Path) -> None:
+    file = tmp_path / "empty.toml"
+    file.write_text("")
+    result = run_cli("token", "--config", str(file), "--sub", "alice")
+    assert result.returncode == 2 and "signing_key" in result.stderr
+
+
+def test_token_command_refuses_bad_claims(tmp_path: Path) -> None:
+    file = tmp_path / "keys.toml"
+    file.write_text(run_cli("keygen").stdout)
+    result = run_cli("token", "--config", str(file), "--sub", "a", "--claims", "[1]")
+    assert result.returncode == 2 and "--claims" in result.stderr
+
+
+def test_signing_key_from_a_file_path(tmp_path: Path) -> None:
+    from gateway.config import generate_signing_key
+
+    path = tmp_path / "key.jwk"
+    key = generate_signing_key()
+    path.write_text(json.dumps(key))
+    config = load_config(environ={}, flags={"signing_key": str(path)})
+    assert config.signing_key is not None and config.signing_key["kid"] == key["kid"]

@@ -1,0 +1,106 @@
+"""PROTOCOL §3 connect: ticket and token kinds, the refusal table, `authenticated`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import Gateway, MakeGateway
+from tests.support import Probe, http_json
+
+
+async def test_ticket_connect_joins_user_room_and_emits_authenticated(
+    gateway: Gateway, probes: Callable[[], Probe]
+) -> None:
+    exp = int(time.time()) + 600
+    ticket = await gateway.ticket("alice", ttl=600)
+    probe = probes()
+    assert await probe.connect(gateway.url, auth={"ticket": ticket})
+    authenticated = await probe.wait_for("authenticated")
+    assert authenticated["sub"] == "alice"
+    assert authenticated["via"] == "ticket"
+    # §6.14: a ticket socket expires with the token the ticket was issued for.
+    assert authenticated["expiresAt"] in {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(exp + d)) for d in (-1, 0, 1)}
+    status, _, _ = await http_json(
+        "POST", f"{gateway.url}/api/publish", token=gateway.config.admin_token,
+        json={"room": "user:alice", "event": "note", "data": {"n": 1}},
+    )  # fmt: skip
+    assert status == 202
+    assert await probe.wait_for("note") == {"n": 1}
+
+
+async def test_token_connect(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    probe = probes()
+    assert await probe.connect(gateway.url, auth={"token": gateway.mint("bob")})
+    assert (await probe.wait_for("authenticated"))["via"] == "token"
+
+
+async def test_query_string_credentials_for_seed_style_clients(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    ticket = await gateway.ticket("carol")
+    probe = probes()
+    assert await probe.connect(gateway.url, query=f"ticket={ticket}")
+    assert (await probe.wait_for("authenticated"))["sub"] == "carol"
+
+
+async def test_auth_object_wins_over_query(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    """§6.12: a non-empty auth object wins; the query is read only when auth is empty."""
+    probe = probes()
+    assert await probe.connect(gateway.url, auth={"token": gateway.mint("dave")}, query="ticket=garbage")
+    assert (await probe.wait_for("authenticated"))["sub"] == "dave"
+
+
+async def test_ticket_reuse_is_refused(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    ticket = await gateway.ticket()
+    first, second = probes(), probes()
+    assert await first.connect(gateway.url, auth={"ticket": ticket})
+    assert not await second.connect(gateway.url, auth={"ticket": ticket})
+    assert second.connect_error["data"] == {"code": 4001, "reason": "invalid_ticket"}
+
+
+async def test_ticket_expires(make_gateway: MakeGateway, probes: Callable[[], Probe]) -> None:
+    gateway = await make_gateway(ticket_ttl=0.5)
+    ticket = await gateway.ticket()
+    await asyncio.sleep(0.8)
+    probe = probes()
+    assert not await probe.connect(gateway.url, auth={"ticket": ticket})
+    assert probe.connect_error["data"] == {"code": 4001, "reason": "invalid_ticket"}
+
+
+async def test_concurrent_connects_with_one_ticket_exactly_one_wins(
+    gateway: Gateway, probes: Callable[[], Probe]
+) -> None:
+    ticket = await gateway.ticket()
+    clients = [probes() for _ in range(20)]
+    results = await asyncio.gather(*(c.connect(gateway.url, auth={"ticket": ticket}) for c in clients))
+    assert sum(results) == 1
+
+
+@pytest.mark.parametrize(
+    ("auth", "reason"),
+    [
+        ({"ticket": "x" * 43}, "invalid_ticket"),
+        ({"ticket": "short"}, "invalid_ticket"),
+        ({"token": "not.a.jwt"}, "invalid_token"),
+        ({"ticket": "a" * 43, "token": "b"}, "ambiguous_credentials"),
+        ({"unknown": "field"}, "invalid_request"),
+        ({"token": 42}, "invalid_request"),
+        (None, "missing_credentials"),
+    ],
+)
+async def test_refusals_carry_code_and_reason(
+    gateway: Gateway, probes: Callable[[], Probe], auth: object, reason: str
+) -> None:
+    probe = probes()
+    assert not await probe.connect(gateway.url, auth=auth)
+    assert probe.connect_error["data"] == {"code": 4001, "reason": reason}
+    assert isinstance(probe.connect_error["message"], str) and probe.connect_error["message"]
+
+
+async def test_expired_token_is_refused_as_token_expired(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    probe = probes()
+    token = gateway.mint("erin", ttl=60, now=time.time() - 3600)
+    assert not await probe.connect(gateway.url, auth={"token": token})
+    assert probe.connect_error["data"] == {"code": 4001, "reason": "token_expired"}
