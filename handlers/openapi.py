@@ -26,8 +26,15 @@ def build_openapi(*, version: str) -> dict[str, Any]:
         info={"description": "Authenticated real-time gateway: HTTP API (see docs/protocol.md)."},
     )
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    for name in ("ErrorResponse", "StatusResponse", "JwksResponse", "TicketRequest", "TicketResponse",
-                 "PublishRequest", "PublishResponse"):  # fmt: skip
+    for name in (
+        "ErrorResponse",
+        "StatusResponse",
+        "JwksResponse",
+        "TicketRequest",
+        "TicketResponse",
+        "PublishRequest",
+        "PublishResponse",
+    ):
         spec.components.schema(name, schema=getattr(schemas, name))
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     spec.path("/healthz", operations={"get": {"responses": {"200": _json("StatusResponse", "process is up")}}})

@@ -120,8 +120,9 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
 
     def make(settings: dict[str, Any], *, name: str = "node", extra_args: tuple[str, ...] = ()) -> GatewayProcess:
         config_file = write_toml(tmp_path / f"{name}-{len(made)}.toml", settings)
-        proc = GatewayProcess(config_file=config_file, log_file=tmp_path / f"{name}-{len(made)}.log",
-                              extra_args=extra_args)  # fmt: skip
+        proc = GatewayProcess(
+            config_file=config_file, log_file=tmp_path / f"{name}-{len(made)}.log", extra_args=extra_args
+        )
         made.append(proc)
         return proc
 

@@ -77,7 +77,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
-            ],  # fmt: skip
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -163,7 +163,7 @@ class GatewayProcess:
                 "--port",
                 str(self.port),
                 *self.extra_args,
-            ],  # fmt: skip
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -252,9 +252,14 @@ class Probe:
 
 
 async def http_json(
-    method: str, url: str, *, token: str | None = None, json: Any = None, data: bytes | None = None,
+    method: str,
+    url: str,
+    *,
+    token: str | None = None,
+    json: Any = None,
+    data: bytes | None = None,
     headers: dict[str, str] | None = None,
-) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
+) -> tuple[int, Any, dict[str, str]]:
     """One real HTTP request; (status, parsed JSON body or text, headers)."""
     all_headers = dict(headers or {})
     if token is not None:

@@ -17,9 +17,13 @@ from tests.support import ROOT, keygen
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
         env={"PATH": "/usr/bin:/bin", **(env or {})},
-    )  # fmt: skip
+    )
 
 
 def test_defaults_match_the_protocol() -> None:

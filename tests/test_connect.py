@@ -25,9 +25,11 @@ async def test_ticket_connect_joins_user_room_and_emits_authenticated(
     # §6.14: a ticket socket expires with the token the ticket was issued for.
     assert authenticated["expiresAt"] in {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(exp + d)) for d in (-1, 0, 1)}
     status, _, _ = await http_json(
-        "POST", f"{gateway.url}/api/publish", token=gateway.config.admin_token,
+        "POST",
+        f"{gateway.url}/api/publish",
+        token=gateway.config.admin_token,
         json={"room": "user:alice", "event": "note", "data": {"n": 1}},
-    )  # fmt: skip
+    )
     assert status == 202
     assert await probe.wait_for("note") == {"n": 1}
 

@@ -33,8 +33,16 @@ def b64(data: dict) -> str:
 
 
 async def test_malformed_json(gateway: Gateway) -> None:
-    await expect_error(gateway, "POST", "/api/publish", 400, "invalid_request",
-                       token=gateway.config.admin_token, data=b'{"room": ', headers={"Content-Type": "application/json"})  # fmt: skip
+    await expect_error(
+        gateway,
+        "POST",
+        "/api/publish",
+        400,
+        "invalid_request",
+        token=gateway.config.admin_token,
+        data=b'{"room": ',
+        headers={"Content-Type": "application/json"},
+    )
 
 
 async def test_body_that_is_not_an_object(gateway: Gateway) -> None:
@@ -45,9 +53,11 @@ async def test_body_that_is_not_an_object(gateway: Gateway) -> None:
 
 async def test_unknown_field_is_named(gateway: Gateway) -> None:
     status, body, _ = await http_json(
-        "POST", f"{gateway.url}/api/publish", token=gateway.config.admin_token,
+        "POST",
+        f"{gateway.url}/api/publish",
+        token=gateway.config.admin_token,
         json={"room": "user:a", "event": "e", "colour": "red"},
-    )  # fmt: skip
+    )
     assert status == 400
     assert body["error"]["code"] == "invalid_request"
     assert "colour" in body["error"]["message"]
@@ -77,8 +87,9 @@ async def test_publish_validation(gateway: Gateway, body: dict) -> None:
 
 async def test_two_megabyte_body(gateway: Gateway) -> None:
     payload = json.dumps({"room": "user:a", "event": "e", "data": "x" * (2 * 1024 * 1024)}).encode()
-    await expect_error(gateway, "POST", "/api/publish", 413, "payload_too_large",
-                       token=gateway.config.admin_token, data=payload)  # fmt: skip
+    await expect_error(
+        gateway, "POST", "/api/publish", 413, "payload_too_large", token=gateway.config.admin_token, data=payload
+    )
 
 
 async def test_missing_bearer(gateway: Gateway) -> None:
@@ -92,19 +103,28 @@ async def test_garbage_bearer(gateway: Gateway, header: str) -> None:
 
 
 async def test_wrong_admin_token(gateway: Gateway) -> None:
-    await expect_error(gateway, "POST", "/api/publish", 401, "invalid_token", token="x" * 32,
-                       json={"room": "user:a", "event": "e"})  # fmt: skip
+    await expect_error(
+        gateway, "POST", "/api/publish", 401, "invalid_token", token="x" * 32, json={"room": "user:a", "event": "e"}
+    )
 
 
 async def test_an_access_token_is_not_an_admin_token(gateway: Gateway) -> None:
-    await expect_error(gateway, "POST", "/api/publish", 401, "invalid_token", token=gateway.mint(),
-                       json={"room": "user:a", "event": "e"})  # fmt: skip
+    await expect_error(
+        gateway,
+        "POST",
+        "/api/publish",
+        401,
+        "invalid_token",
+        token=gateway.mint(),
+        json={"room": "user:a", "event": "e"},
+    )
 
 
 async def test_admin_api_off_without_admin_token(make_gateway: MakeGateway) -> None:
     gateway = await make_gateway(admin_token=None)
-    await expect_error(gateway, "POST", "/api/publish", 403, "forbidden", token="x" * 32,
-                       json={"room": "user:a", "event": "e"})  # fmt: skip
+    await expect_error(
+        gateway, "POST", "/api/publish", 403, "forbidden", token="x" * 32, json={"room": "user:a", "event": "e"}
+    )
 
 
 async def test_alg_none(gateway: Gateway) -> None:
@@ -152,8 +172,12 @@ async def test_token_from_an_unknown_issuer(gateway: Gateway) -> None:
 
     key = jwk.JWK.generate(kty="EC", crv="P-256", kid="k")
     now = int(time.time())
-    token = jwt.encode({"iss": "https://evil.example", "sub": "m", "iat": now, "exp": now + 60},
-                       key.export_to_pem(private_key=True, password=None), algorithm="ES256", headers={"kid": "k"})  # fmt: skip
+    token = jwt.encode(
+        {"iss": "https://evil.example", "sub": "m", "iat": now, "exp": now + 60},
+        key.export_to_pem(private_key=True, password=None),
+        algorithm="ES256",
+        headers={"kid": "k"},
+    )
     await expect_error(gateway, "POST", "/ws/ticket", 401, "invalid_token", token=token)
 
 

@@ -227,7 +227,12 @@ async def test_jwks_uri_rotation_and_refetch_rate_limit(jwks_server: JwksServer)
 
 async def test_jwks_fetch_failure_keeps_old_keys(jwks_server: JwksServer) -> None:
     clock = Clock()
-    config = load_config(environ={}, flags={"issuers": [{"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["ES256"]}]})  # fmt: skip
+    config = load_config(
+        environ={},
+        flags={
+            "issuers": [{"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["ES256"]}]
+        },
+    )
     async with aiohttp.ClientSession() as session:
         tokens = TokenService(config=config, http=lambda: session, clock=clock)
         key = jwks_server.keys[0]
