@@ -11,15 +11,18 @@ import aiohttp
 from aiohttp import web
 
 from gateway import __version__, keys
+from gateway.auth.sessions import SessionService
 from gateway.auth.tickets import TicketService
 from gateway.auth.tokens import TokenService
 from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.realtime import OriginPolicy, Realtime, create_server
+from gateway.scheduler import Scheduler
 from gateway.store import create_store
 from handlers import http
 from handlers.events import SocketHandlers
 from handlers.openapi import build_openapi
+from handlers.raw_ws import session_socket
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ RUNNER_OPTIONS: dict[str, Any] = {
 }
 
 SOCKETIO_PATH = "socket.io"
+RAW_SESSION_PREFIX = "/ws/session/"
 MAX_BODY_BYTES = 64 * 1024
 WEB_DEMO_DIR = Path(__file__).resolve().parent.parent / "web_demo"
 
@@ -41,14 +45,15 @@ WEB_DEMO_DIR = Path(__file__).resolve().parent.parent / "web_demo"
 def create_app(config: Config) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[http.error_middleware, http.origin_middleware_for(f"/{SOCKETIO_PATH}/")],
+        middlewares=[http.error_middleware, http.origin_middleware_for(f"/{SOCKETIO_PATH}/", RAW_SESSION_PREFIX)],
     )
     metrics = Metrics()
     store = create_store(config.redis_url)
     tokens = TokenService(config=config, http=lambda: app[keys.http_client])
     origins = OriginPolicy(config.allowed_origins)
     sio = create_server(config, origins=origins)
-    realtime = Realtime(sio=sio)
+    realtime = Realtime(sio=sio, scheduler=Scheduler())
+    sessions = SessionService(config=config, store=store, tokens=tokens, realtime=realtime)
 
     app[keys.config] = config
     app[keys.metrics] = metrics
@@ -57,11 +62,15 @@ def create_app(config: Config) -> web.Application:
     app[keys.tickets] = TicketService(store=store, ttl=config.ticket_ttl)
     app[keys.origins] = origins
     app[keys.realtime] = realtime
+    app[keys.sessions] = sessions
     app[keys.openapi] = build_openapi(version=__version__)
 
-    SocketHandlers(tokens=tokens, tickets=app[keys.tickets], realtime=realtime, metrics=metrics).register(sio)
+    SocketHandlers(
+        tokens=tokens, tickets=app[keys.tickets], sessions=sessions, realtime=realtime, metrics=metrics
+    ).register(sio)
     sio.attach(app, socketio_path=SOCKETIO_PATH)
     http.setup_routes(app)
+    app.router.add_get(RAW_SESSION_PREFIX + "{sessionId}", session_socket)
     if config.demo:
         app.router.add_get("/demo", _redirect_to_demo)
         app.router.add_get("/demo/", _demo_index)

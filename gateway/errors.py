@@ -72,3 +72,32 @@ class RateLimited(GatewayError):
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class SessionNotFound(GatewayError):
+    reason = "session_not_found"
+
+
+class SessionResolved(GatewayError):
+    reason = "session_resolved"
+
+
+class VerifyFailed(AuthError):
+    """A failed device verification; counts an attempt."""
+
+    def __init__(self, message: str, *, attempts_left: int) -> None:
+        super().__init__(message)
+        self.attempts_left = attempts_left
+
+
+class InvalidOtp(VerifyFailed):
+    reason = "invalid_otp"
+
+
+class InvalidSignature(VerifyFailed):
+    reason = "invalid_signature"
+
+
+class TooManyAttempts(RateLimited):
+    reason = "too_many_attempts"
+    attempts_left = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from gateway.auth.sessions import SessionService
 from gateway.auth.tickets import TicketService
 from gateway.auth.tokens import TokenService
 from gateway.config import Config
@@ -17,6 +18,7 @@ store = web.AppKey("store", Store)
 metrics = web.AppKey("metrics", Metrics)
 tokens = web.AppKey("tokens", TokenService)
 tickets = web.AppKey("tickets", TicketService)
+sessions = web.AppKey("sessions", SessionService)
 realtime = web.AppKey("realtime", Realtime)
 origins = web.AppKey("origins", OriginPolicy)
 http_client = web.AppKey("http_client", aiohttp.ClientSession)

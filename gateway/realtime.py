@@ -1,22 +1,29 @@
 """The Socket.IO server, its client manager, and the fan-out helpers.
 
-With the redis engine the client manager is python-socketio's
-``AsyncRedisManager`` on python-socketio's default channel, so any
-write-only manager (``gateway.emitter``) can publish into the cluster.
+One fan-out serves both transports. python-socketio's client manager is
+subclassed at the one place every local delivery passes through
+(``AsyncManager.emit``, which ``AsyncPubSubManager`` calls both for emits
+made on this node and for those arriving from Redis): there, session events
+are also written to this node's raw WebSockets, and internal control
+messages (``_tg:*``) are acted on instead of being delivered. With the redis
+engine the manager is python-socketio's ``AsyncRedisManager`` on its default
+channel, so any write-only manager (``gateway.emitter``) can publish too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import socketio
 
 from gateway.config import Config
 from gateway.errors import StoreUnavailable
+from gateway.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +33,55 @@ ROOM_PATTERN = re.compile(r"^(user|session|room):[^\s]{1,200}$")
 RESERVED_EVENTS = frozenset(
     {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
 )
+# Events a raw (IDToken-style) session WebSocket receives as JSON text frames.
+RAW_EVENTS = frozenset({"otp_ready", "approved", "rejected"})
+CONTROL_CLOSE = "_tg:close"
 
 
-class ClusterManager(socketio.AsyncRedisManager):  # type: ignore[misc]
-    """AsyncRedisManager that reports a failed publish instead of only logging it,
-    so that ``POST /api/publish`` can answer 503 rather than 202 for an event
-    that never left this node."""
+class RawSocket(Protocol):
+    """A plain WebSocket of an auth session, held by handlers/raw_ws.py."""
+
+    id: str
+    seq: int
+
+    async def send_event(self, event: str, data: Any) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class LocalFanout(socketio.AsyncManager):  # type: ignore[misc]
+    """The local delivery step of every emit, extended to raw sockets and control messages."""
+
+    realtime: Realtime | None = None
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str | None = None,
+        room: str | None = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        realtime = self.realtime
+        if event == CONTROL_CLOSE and realtime is not None:
+            await realtime.apply_close(data)
+            return
+        await super().emit(
+            event, data, namespace=namespace, room=room, skip_sid=skip_sid, callback=callback, to=to, **kwargs
+        )
+        target = to or room
+        if event in RAW_EVENTS and realtime is not None and target is not None:
+            await realtime.deliver_raw(target, event, data)
+
+
+class ClusterManager(socketio.AsyncRedisManager, LocalFanout):  # type: ignore[misc]
+    """AsyncRedisManager whose local deliveries go through LocalFanout, and
+    which reports a failed publish instead of only logging it, so that
+    ``POST /api/publish`` can answer 503 rather than 202 for an event that
+    never left this node."""
 
     async def _publish(self, data: Any) -> Any:
         result = await super()._publish(data)
@@ -60,7 +110,7 @@ class OriginPolicy:
 
 
 def create_server(config: Config, *, origins: OriginPolicy) -> socketio.AsyncServer:
-    manager = ClusterManager(config.redis_url, channel=config.redis_channel) if config.redis_url else None
+    manager = ClusterManager(config.redis_url, channel=config.redis_channel) if config.redis_url else LocalFanout()
     return socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=manager,
@@ -74,21 +124,30 @@ def create_server(config: Config, *, origins: OriginPolicy) -> socketio.AsyncSer
 
 @dataclass(kw_only=True)
 class Conn:
-    """What this node knows of one of its authenticated sockets."""
+    """What this node knows of one of its authenticated Socket.IO sockets."""
 
     sid: str
-    sub: str
     via: str
     expires_at: float
+    sub: str | None = None
+    session_id: str | None = None
+    seq: int = 0  # auth sessions: the connection's number, for "newest wins"
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
 class Realtime:
-    """Local socket registry plus the emits the gateway makes."""
+    """This node's sockets, and every emit and close the gateway makes."""
 
-    def __init__(self, *, sio: socketio.AsyncServer) -> None:
+    def __init__(self, *, sio: socketio.AsyncServer, scheduler: Scheduler) -> None:
         self.sio = sio
+        self.scheduler = scheduler
         self.conns: dict[str, Conn] = {}
+        self.raw: dict[str, dict[str, RawSocket]] = {}
         self.draining = False
+        manager = sio.manager
+        if not isinstance(manager, LocalFanout):
+            raise TypeError("the Socket.IO client manager must be a LocalFanout")
+        manager.realtime = self
 
     async def start(self) -> None:
         # Start the Redis listener now rather than at the first connect, so a
@@ -102,10 +161,13 @@ class Realtime:
         thread = getattr(manager, "thread", None)
         if thread is not None:
             thread.cancel()
+        await self.scheduler.close()
         await self.sio.shutdown()
         redis = getattr(manager, "redis", None)
         if redis is not None:
             await redis.aclose()
+
+    # -- emits ---------------------------------------------------------------
 
     async def emit_local(self, sid: str, event: str, data: Any) -> None:
         """Emit to a socket of this node without a round trip through Redis."""
@@ -114,6 +176,28 @@ class Realtime:
     async def publish(self, room: str, event: str, data: Any) -> None:
         """Emit to ``room`` on every node; raise StoreUnavailable if the cluster can't be reached."""
         await self.sio.emit(event, data, room=room)
+
+    async def deliver_raw(self, room: str, event: str, data: Any) -> None:
+        for raw in list(self.raw.get(room, {}).values()):
+            await raw.send_event(event, data)
+
+    # -- closing -------------------------------------------------------------
+
+    async def close_room(self, room: str, code: int, reason: str, *, older_than: int | None = None) -> None:
+        """Send ``closing`` to, then close, every socket of ``room`` on every node
+        (both transports); with ``older_than``, only connections numbered below it."""
+        await self.sio.emit(CONTROL_CLOSE, {"room": room, "code": code, "reason": reason, "olderThan": older_than})
+
+    async def apply_close(self, order: Mapping[str, Any]) -> None:
+        """This node's part of a ``close_room``."""
+        room, code, reason, older_than = order["room"], order["code"], order["reason"], order.get("olderThan")
+        for sid, _ in list(self.sio.manager.get_participants(NAMESPACE, room)):
+            conn = self.conns.get(sid)
+            if older_than is None or (conn is not None and conn.seq < older_than):
+                await self.close(sid, code, reason)
+        for raw in list(self.raw.get(room, {}).values()):
+            if older_than is None or raw.seq < older_than:
+                await raw.close(code, reason)
 
     async def close(self, sid: str, code: int, reason: str) -> None:
         """``closing`` then a Socket.IO disconnect (the client will not reconnect by itself)."""
@@ -127,6 +211,21 @@ class Realtime:
         sids = list(self.conns)
         for sid in sids:
             await self.emit_local(sid, "closing", {"code": 1001, "reason": "going_away"})
+        raws = [raw for room in self.raw.values() for raw in room.values()]
+        for raw in raws:
+            await raw.close(1001, "going_away")
         if self.sio.eio.sockets:  # engineio's disconnect() fails on an empty set
             await self.sio.eio.disconnect()
-        return len(sids)
+        return len(sids) + len(raws)
+
+    # -- registry ------------------------------------------------------------
+
+    def add_raw(self, room: str, raw: RawSocket) -> None:
+        self.raw.setdefault(room, {})[raw.id] = raw
+
+    def remove_raw(self, room: str, raw: RawSocket) -> None:
+        members = self.raw.get(room)
+        if members is not None:
+            members.pop(raw.id, None)
+            if not members:
+                del self.raw[room]

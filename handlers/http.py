@@ -18,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from marshmallow import Schema, ValidationError
 
 from gateway import keys
+from gateway.auth.sessions import TOTP_DIGITS, TOTP_PERIOD
 from gateway.errors import (
     AuthError,
     Forbidden,
@@ -26,8 +27,11 @@ from gateway.errors import (
     InvalidToken,
     MissingCredentials,
     RateLimited,
+    SessionNotFound,
+    SessionResolved,
     StoreUnavailable,
 )
+from gateway.formats import iso_z
 from handlers import schemas
 
 logger = logging.getLogger(__name__)
@@ -39,6 +43,8 @@ _STATUS: dict[type[GatewayError], int] = {
     InvalidRequest: 400,
     AuthError: 401,
     Forbidden: 403,
+    SessionNotFound: 404,
+    SessionResolved: 409,
     RateLimited: 429,
     StoreUnavailable: 503,
 }
@@ -91,10 +97,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except GatewayError as exc:
         status = status_for(exc)
-        response = error_response(status, exc.reason, str(exc))
+        extra = {}
+        attempts_left = getattr(exc, "attempts_left", None)
+        if attempts_left is not None:  # PROTOCOL §6.4
+            extra["attemptsLeft"] = attempts_left
+        response = error_response(status, exc.reason, str(exc), **extra)
         if isinstance(exc, RateLimited):
             response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        if isinstance(exc, AuthError):
+        if isinstance(exc, AuthError) and exc.reason in ("missing_credentials", "invalid_token", "token_expired"):
             response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
         return response
     except web.HTTPException as exc:
@@ -104,12 +114,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, code, exc.reason)
 
 
-def origin_middleware_for(path_prefix: str) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Refuse a cross-origin Socket.IO handshake with 403 before any upgrade (PROTOCOL §3, 4003)."""
+def origin_middleware_for(*path_prefixes: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Refuse a cross-origin WebSocket/Socket.IO handshake with 403 before any upgrade (PROTOCOL §3, 4003)."""
 
     @web.middleware
     async def origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(path_prefix):
+        if request.path.startswith(path_prefixes):
             policy = request.app[keys.origins]
             if not policy.allows(request.headers.get("Origin"), host=request.host, scheme=request.scheme):
                 logger.info("refused handshake: origin_not_allowed")
@@ -184,7 +194,7 @@ async def issue_ticket(request: web.Request) -> web.Response:
     await load_body(request, schemas.TicketRequest())
     issued = await request.app[keys.tickets].issue(principal)
     request.app[keys.metrics].tickets_issued.inc()
-    body = {"ticket": issued.ticket, "expires": issued.expires, "expiresAt": schemas.iso_z(issued.expires)}
+    body = {"ticket": issued.ticket, "expires": issued.expires, "expiresAt": iso_z(issued.expires)}
     return web.json_response(body, status=201, headers={"Cache-Control": "no-store"})
 
 
@@ -196,6 +206,41 @@ async def publish(request: web.Request) -> web.Response:
     return web.json_response({"room": body["room"], "event": body["event"]}, status=202)
 
 
+async def enroll_device(request: web.Request) -> web.Response:
+    if not request.app[keys.config].demo:  # --demo opens enrollment to the demo page
+        require_admin(request)
+    body = await load_body(request, schemas.EnrollRequest())
+    enrolled = await request.app[keys.sessions].enroll(body["userId"], body["publicKey"])
+    response = {
+        "deviceId": enrolled.device_id,
+        "totpSecret": enrolled.totp_secret,
+        "digits": TOTP_DIGITS,
+        "period": TOTP_PERIOD,
+        "algorithm": "SHA1",
+    }
+    return web.json_response(response, status=201, headers={"Cache-Control": "no-store"})
+
+
+async def initiate_session(request: web.Request) -> web.Response:
+    body = await load_body(request, schemas.InitiateRequest())
+    initiated = await request.app[keys.sessions].initiate(body["userId"])
+    response = {
+        "sessionId": initiated.session_id,
+        "wsToken": initiated.ws_token,
+        "random": initiated.random,
+        "expiresAt": iso_z(initiated.expires_at),
+    }
+    return web.json_response(response, status=201, headers={"Cache-Control": "no-store"})
+
+
+async def verify_session(request: web.Request) -> web.Response:
+    body = await load_body(request, schemas.VerifyRequest())
+    await request.app[keys.sessions].verify(
+        session_id=body["sessionId"], device_id=body["deviceId"], otp=body["otp"], signature=body["signature"]
+    )
+    return web.json_response({"status": "approved"})
+
+
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -204,3 +249,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/ws/ticket", issue_ticket)
     app.router.add_post("/api/publish", publish)
+    app.router.add_post("/auth/devices", enroll_device)
+    app.router.add_post("/auth/initiate", initiate_session)
+    app.router.add_post("/auth/verify", verify_session)

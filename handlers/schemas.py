@@ -5,17 +5,11 @@ The same schemas validate requests and feed ``/openapi.json`` (apispec).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
 from gateway.realtime import RESERVED_EVENTS, ROOM_PATTERN
-
-
-def iso_z(ts: float) -> str:
-    """PROTOCOL §6.1: ISO 8601 UTC with a trailing Z, whole seconds."""
-    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def first_error(exc: ValidationError) -> str:
@@ -82,6 +76,45 @@ class PublishResponse(Schema):
     event = fields.String(required=True)
 
 
+_ID = validate.Length(min=1, max=200)
+_BASE64URL = validate.Regexp(r"^[A-Za-z0-9_-]+={0,2}$", error="must be base64url")
+
+
+class EnrollRequest(Schema):
+    userId = fields.String(required=True, validate=_ID)
+    publicKey = fields.Dict(required=True, metadata={"description": "EC P-256 public JWK"})
+
+
+class EnrollResponse(Schema):
+    deviceId = fields.String(required=True)
+    totpSecret = fields.String(required=True, metadata={"description": "base32"})
+    digits = fields.Integer(required=True)
+    period = fields.Integer(required=True)
+    algorithm = fields.String(required=True)
+
+
+class InitiateRequest(Schema):
+    userId = fields.String(required=True, validate=_ID)
+
+
+class InitiateResponse(Schema):
+    sessionId = fields.String(required=True)
+    wsToken = fields.String(required=True)
+    random = fields.String(required=True)
+    expiresAt = fields.String(required=True)
+
+
+class VerifyRequest(Schema):
+    sessionId = fields.String(required=True, validate=_ID)
+    deviceId = fields.String(required=True, validate=_ID)
+    otp = fields.String(required=True, validate=validate.Regexp(r"^[0-9]{6}$", error="must be 6 digits"))
+    signature = fields.String(required=True, validate=[validate.Length(min=1, max=200), _BASE64URL])
+
+
+class VerifyResponse(Schema):
+    status = fields.String(required=True)
+
+
 class ConnectAuth(Schema):
     """The Socket.IO ``auth`` object (or the query string): exactly one kind."""
 
@@ -89,3 +122,5 @@ class ConnectAuth(Schema):
     # that an oversized token is refused as invalid_token, not invalid_request.
     ticket = fields.String()
     token = fields.String()
+    sessionId = fields.String(validate=_ID)
+    wsToken = fields.String(validate=validate.Length(min=1, max=200))

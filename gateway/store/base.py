@@ -8,8 +8,12 @@ cluster's state can never grow without bound. Implementations raise
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
+from typing import Literal
 
 PREFIX = "tg:"
+
+Attempt = Literal["counted", "missing", "resolved", "exhausted"]
 
 
 class Store(abc.ABC):
@@ -31,6 +35,44 @@ class Store(abc.ABC):
     async def take(self, key: str) -> str | None:
         """Atomically read and delete ``key``: of many concurrent callers on
         any node, exactly one gets the value."""
+
+    # Records: flat str->str mappings (a Redis hash) with one TTL for the whole.
+    # The atomic operations below follow two conventions: a record's
+    # "status" starts as "pending", and "attempts" counts failures.
+
+    @abc.abstractmethod
+    async def create_record(self, key: str, fields: Mapping[str, str], *, ttl: float) -> None:
+        """Create (or replace) a record living ``ttl`` seconds."""
+
+    @abc.abstractmethod
+    async def get_record(self, key: str) -> dict[str, str] | None:
+        """The record, or None when absent or expired."""
+
+    @abc.abstractmethod
+    async def incr_field(self, key: str, field: str) -> dict[str, str] | None:
+        """Atomically add 1 to an integer field of an existing record and return
+        the updated record; None (and nothing created) if the record is absent."""
+
+    @abc.abstractmethod
+    async def count_attempt(self, key: str, *, limit: int) -> tuple[Attempt, dict[str, str] | None]:
+        """Atomically spend one attempt of a pending record.
+
+        Returns ("counted", record) with ``attempts`` already incremented;
+        ("missing", None); ("resolved", record) when status is not pending;
+        or ("exhausted", record) when ``limit`` attempts were already spent.
+        """
+
+    @abc.abstractmethod
+    async def transition(self, key: str, *, from_status: str, to_status: str) -> bool:
+        """Compare-and-set the record's status; True for exactly one caller."""
+
+    @abc.abstractmethod
+    async def append(self, key: str, member: str, *, ttl: float) -> None:
+        """Append ``member`` to the list at ``key`` (if not there yet) and set its TTL."""
+
+    @abc.abstractmethod
+    async def members(self, key: str) -> list[str]:
+        """The list at ``key`` in insertion order (empty when absent)."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -2,28 +2,31 @@
 
 Expired entries are dropped lazily on access and from a min-heap of expiry
 times on every write, so memory stays bounded by the live keys without a
-background sweeper task.
+background sweeper task. Every operation runs without an ``await`` between
+its read and its write, so each is atomic on the event loop.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from gateway.store.base import PREFIX, Store, check_ttl
+from gateway.store.base import PREFIX, Attempt, Store, check_ttl
+
+Value = str | dict[str, str] | list[str]
 
 
 class MemoryStore(Store):
     def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
         self._clock = clock or time.monotonic
-        self._data: dict[str, tuple[str, float]] = {}
+        self._data: dict[str, tuple[Value, float]] = {}
         self._expiries: list[tuple[float, str]] = []
 
-    async def ping(self) -> None:
-        return None
+    def __len__(self) -> int:
+        return len(self._data)
 
-    async def put(self, key: str, value: str, *, ttl: float) -> None:
+    def _set(self, key: str, value: Value, ttl: float) -> None:
         check_ttl(ttl)
         now = self._clock()
         self._purge(now)
@@ -31,25 +34,18 @@ class MemoryStore(Store):
         self._data[PREFIX + key] = (value, deadline)
         heapq.heappush(self._expiries, (deadline, PREFIX + key))
 
-    async def get(self, key: str) -> str | None:
+    def _live(self, key: str) -> Value | None:
         entry = self._data.get(PREFIX + key)
-        if entry is None or entry[1] <= self._clock():
+        if entry is None:
+            return None
+        if entry[1] <= self._clock():
+            del self._data[PREFIX + key]
             return None
         return entry[0]
 
-    async def take(self, key: str) -> str | None:
-        # No await between read and delete: atomic on the event loop.
-        entry = self._data.pop(PREFIX + key, None)
-        if entry is None or entry[1] <= self._clock():
-            return None
-        return entry[0]
-
-    async def close(self) -> None:
-        self._data.clear()
-        self._expiries.clear()
-
-    def __len__(self) -> int:
-        return len(self._data)
+    def _record(self, key: str) -> dict[str, str] | None:
+        value = self._live(key)
+        return value if isinstance(value, dict) else None
 
     def _purge(self, now: float) -> None:
         while self._expiries and self._expiries[0][0] <= now:
@@ -57,3 +53,66 @@ class MemoryStore(Store):
             entry = self._data.get(key)
             if entry is not None and entry[1] == deadline:
                 del self._data[key]
+
+    async def ping(self) -> None:
+        return None
+
+    async def put(self, key: str, value: str, *, ttl: float) -> None:
+        self._set(key, value, ttl)
+
+    async def get(self, key: str) -> str | None:
+        value = self._live(key)
+        return value if isinstance(value, str) else None
+
+    async def take(self, key: str) -> str | None:
+        value = self._live(key)
+        self._data.pop(PREFIX + key, None)
+        return value if isinstance(value, str) else None
+
+    async def create_record(self, key: str, fields: Mapping[str, str], *, ttl: float) -> None:
+        self._set(key, dict(fields), ttl)
+
+    async def get_record(self, key: str) -> dict[str, str] | None:
+        record = self._record(key)
+        return dict(record) if record is not None else None
+
+    async def incr_field(self, key: str, field: str) -> dict[str, str] | None:
+        record = self._record(key)
+        if record is None:
+            return None
+        record[field] = str(int(record.get(field, "0")) + 1)
+        return dict(record)
+
+    async def count_attempt(self, key: str, *, limit: int) -> tuple[Attempt, dict[str, str] | None]:
+        record = self._record(key)
+        if record is None:
+            return "missing", None
+        if record.get("status") != "pending":
+            return "resolved", dict(record)
+        attempts = int(record.get("attempts", "0"))
+        if attempts >= limit:
+            return "exhausted", dict(record)
+        record["attempts"] = str(attempts + 1)
+        return "counted", dict(record)
+
+    async def transition(self, key: str, *, from_status: str, to_status: str) -> bool:
+        record = self._record(key)
+        if record is None or record.get("status") != from_status:
+            return False
+        record["status"] = to_status
+        return True
+
+    async def append(self, key: str, member: str, *, ttl: float) -> None:
+        current = self._live(key)
+        items = list(current) if isinstance(current, list) else []
+        if member not in items:
+            items.append(member)
+        self._set(key, items, ttl)
+
+    async def members(self, key: str) -> list[str]:
+        value = self._live(key)
+        return list(value) if isinstance(value, list) else []
+
+    async def close(self) -> None:
+        self._data.clear()
+        self._expiries.clear()

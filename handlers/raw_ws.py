@@ -1,0 +1,79 @@
+"""``GET /ws/session/{sessionId}?token={wsToken}``: the IDToken-compatible
+plain WebSocket (seed 000, PROTOCOL §4).
+
+The socket is upgraded first, because a browser sees a close code only on an
+open WebSocket; then it is checked (4001 bad wsToken, 4004 unknown session),
+registered in the room ``session:<id>`` of the shared fan-out, and sent
+``otp_ready``. Later events arrive through Realtime.deliver_raw on any node.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from gateway import keys
+from gateway.auth.sessions import session_room
+from gateway.errors import GatewayError, InvalidToken, SessionNotFound
+from gateway.formats import iso_z
+
+logger = logging.getLogger(__name__)
+
+_CLOSE_CODES: dict[type[GatewayError], int] = {InvalidToken: 4001, SessionNotFound: 4004}
+
+
+class RawSessionSocket:
+    def __init__(self, ws: web.WebSocketResponse, *, seq: int) -> None:
+        self.id = "raw:" + secrets.token_urlsafe(9)
+        self.seq = seq
+        self._ws = ws
+
+    async def send_event(self, event: str, data: Any) -> None:
+        if not self._ws.closed:
+            await self._ws.send_json(data)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._ws.close(code=code, message=reason.encode())
+
+
+async def session_socket(request: web.Request) -> web.StreamResponse:
+    ws = web.WebSocketResponse(heartbeat=25, max_msg_size=4096)
+    await ws.prepare(request)
+    session_id = request.match_info["sessionId"]
+    realtime = request.app[keys.realtime]
+    metrics = request.app[keys.metrics]
+    try:
+        if realtime.draining:
+            await ws.close(code=1001, message=b"going_away")
+            return ws
+        opened = await request.app[keys.sessions].open(session_id, request.query.get("token", ""))
+    except (InvalidToken, SessionNotFound) as exc:
+        metrics.connect_attempts.labels("refused", exc.reason).inc()
+        logger.info("raw session socket refused reason=%s", exc.reason)
+        await ws.close(code=_CLOSE_CODES[type(exc)], message=exc.reason.encode())
+        return ws
+    except GatewayError as exc:
+        metrics.connect_attempts.labels("refused", exc.reason).inc()
+        logger.info("raw session socket refused reason=%s", exc.reason)
+        await ws.close(code=1011, message=exc.reason.encode())
+        return ws
+    raw = RawSessionSocket(ws, seq=opened.seq)
+    room = session_room(session_id)
+    realtime.add_raw(room, raw)
+    metrics.connect_attempts.labels("accepted", "raw_session").inc()
+    timer = realtime.scheduler.at(opened.expires_at, lambda: raw.close(1000, "expired"))
+    logger.info("raw session socket %s connected", raw.id)
+    try:
+        otp_ready = {"type": "otp_ready", "autoPassword": opened.auto_password, "expiresAt": iso_z(opened.expires_at)}
+        await raw.send_event("otp_ready", otp_ready)
+        async for message in ws:  # the protocol is server -> client; read only to see the close
+            if message.type == WSMsgType.ERROR:
+                break
+    finally:
+        realtime.scheduler.cancel(timer)
+        realtime.remove_raw(room, raw)
+        logger.info("raw session socket %s closed", raw.id)
+    return ws
