@@ -15,6 +15,7 @@ from gateway.auth.sessions import SessionService
 from gateway.auth.tickets import TicketService
 from gateway.auth.tokens import TokenService
 from gateway.config import Config
+from gateway.messages import MessageService
 from gateway.metrics import Metrics
 from gateway.realtime import OriginPolicy, Realtime, create_server
 from gateway.scheduler import Scheduler
@@ -65,8 +66,15 @@ def create_app(config: Config) -> web.Application:
     app[keys.sessions] = sessions
     app[keys.openapi] = build_openapi(version=__version__)
 
+    messages = MessageService(store=store, realtime=realtime, maxlen=config.upstream_maxlen)
     SocketHandlers(
-        tokens=tokens, tickets=app[keys.tickets], sessions=sessions, realtime=realtime, metrics=metrics
+        config=config,
+        tokens=tokens,
+        tickets=app[keys.tickets],
+        sessions=sessions,
+        messages=messages,
+        realtime=realtime,
+        metrics=metrics,
     ).register(sio)
     sio.attach(app, socketio_path=SOCKETIO_PATH)
     http.setup_routes(app)

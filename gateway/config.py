@@ -66,6 +66,8 @@ class Config:
     refresh_ttl: float = 86400
     per_message_auth: bool = False
     max_pending_per_ip: int = 100
+    max_message_bytes: int = 16 * 1024  # JSON size of a `message` event's data
+    upstream_maxlen: int = 100_000  # tg:upstream is trimmed to about this many entries
     leeway: float = 5
     redis_channel: str = "socketio"
     issuers: tuple[IssuerConfig, ...] = ()
@@ -124,6 +126,8 @@ class ConfigSchema(Schema):
     refresh_ttl = fields.Float(validate=_positive)
     per_message_auth = fields.Boolean()
     max_pending_per_ip = fields.Integer(validate=validate.Range(min=1))
+    max_message_bytes = fields.Integer(validate=validate.Range(min=1, max=60 * 1024))
+    upstream_maxlen = fields.Integer(validate=validate.Range(min=1))
     leeway = fields.Float(validate=validate.Range(min=0, max=30))
     redis_channel = fields.String(validate=validate.Length(min=1))
     issuers = fields.List(fields.Nested(IssuerSchema))

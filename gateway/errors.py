@@ -101,3 +101,7 @@ class InvalidSignature(VerifyFailed):
 class TooManyAttempts(RateLimited):
     reason = "too_many_attempts"
     attempts_left = 0
+
+
+class PayloadTooLarge(InvalidRequest):
+    reason = "payload_too_large"

@@ -11,6 +11,11 @@ class Metrics:
         self.connected_sockets = Gauge(
             "ticketgate_connected_sockets", "Authenticated sockets connected to this node", registry=self.registry
         )
+        self.pending_sockets = Gauge(
+            "ticketgate_pending_sockets",
+            "Sockets connected without credentials, awaiting authenticate",
+            registry=self.registry,
+        )
         self.connect_attempts = Counter(
             "ticketgate_connect_attempts",
             "Socket.IO connect attempts by result and reason",

@@ -36,6 +36,7 @@ RESERVED_EVENTS = frozenset(
 # Events a raw (IDToken-style) session WebSocket receives as JSON text frames.
 RAW_EVENTS = frozenset({"otp_ready", "approved", "rejected"})
 CONTROL_CLOSE = "_tg:close"
+DRAIN_TIMEOUT = 2.0
 
 
 class RawSocket(Protocol):
@@ -114,6 +115,9 @@ def create_server(config: Config, *, origins: OriginPolicy) -> socketio.AsyncSer
     return socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=manager,
+        # One socket's events run in order (a chat must not reorder messages);
+        # other sockets are unaffected, each has its own reader task.
+        async_handlers=False,
         cors_allowed_origins=origins.engineio_check,
         # A credential or a message never needs more; smaller frames are a DoS guard.
         max_http_buffer_size=64 * 1024,
@@ -130,9 +134,16 @@ class Conn:
     via: str
     expires_at: float
     sub: str | None = None
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    addr: str | None = None  # pending sockets: the client address they count against
     session_id: str | None = None
     seq: int = 0  # auth sessions: the connection's number, for "newest wins"
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    @property
+    def pending(self) -> bool:
+        """Connected without credentials, waiting to ``authenticate``."""
+        return self.via == "pending"
 
 
 class Realtime:
@@ -215,7 +226,13 @@ class Realtime:
         for raw in raws:
             await raw.close(1001, "going_away")
         if self.sio.eio.sockets:  # engineio's disconnect() fails on an empty set
-            await self.sio.eio.disconnect()
+            try:
+                # Bounded: engineio waits for each socket's send queue to drain,
+                # which never happens for a transport whose writer already died.
+                async with asyncio.timeout(DRAIN_TIMEOUT):
+                    await self.sio.eio.disconnect()
+            except TimeoutError:
+                logger.warning("some transports did not close within %ss; dropping them", DRAIN_TIMEOUT)
         return len(sids) + len(raws)
 
     # -- registry ------------------------------------------------------------

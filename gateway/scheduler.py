@@ -41,6 +41,10 @@ class Scheduler:
         self._timers.add(handle)
         return handle
 
+    def soon(self, job: Job) -> asyncio.TimerHandle:
+        """Run ``job()`` once the current handler has returned (e.g. after its ack went out)."""
+        return self.at(0, job)
+
     def cancel(self, handle: asyncio.TimerHandle | None) -> None:
         if handle is not None:
             handle.cancel()

@@ -1,35 +1,49 @@
-"""Socket.IO event handlers: credentials in, ``authenticated``/refusals out."""
+"""Socket.IO event handlers: credentials in, ``authenticated``/refusals/acks out.
+
+Every client event is validated with its marshmallow schema and answered
+with an ack ``{"ok": true, ...}`` or ``{"ok": false, "error": {"code",
+"reason"}}``; domain errors become ack codes here and nowhere else.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
 import socketio
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError
 
 from gateway.auth.sessions import SessionService, session_room
 from gateway.auth.tickets import TicketService
-from gateway.auth.tokens import TokenService
+from gateway.auth.tokens import Principal, TokenService
+from gateway.config import Config
 from gateway.errors import (
     AmbiguousCredentials,
     AuthError,
+    Forbidden,
     GatewayError,
     InvalidRequest,
+    InvalidToken,
     MissingCredentials,
+    PayloadTooLarge,
     RateLimited,
     Revoked,
     SessionNotFound,
     StoreUnavailable,
 )
 from gateway.formats import iso_z
+from gateway.messages import MessageService, may_join
 from gateway.metrics import Metrics
 from gateway.realtime import Conn, Realtime
 from handlers import schemas
 
 logger = logging.getLogger(__name__)
+
+Ack = dict[str, Any]
 
 # PROTOCOL §3 connect_error codes; most specific class first.
 _CONNECT_CODES: dict[type[GatewayError], int] = {
@@ -40,10 +54,18 @@ _CONNECT_CODES: dict[type[GatewayError], int] = {
     AuthError: 4001,
     InvalidRequest: 4001,
 }
+# Codes in event acks (docs/protocol.md, "Acks"); most specific class first.
+_ACK_CODES: dict[type[GatewayError], int] = {
+    PayloadTooLarge: 4013,
+    InvalidRequest: 4000,
+    Revoked: 4011,
+    AuthError: 4001,
+    Forbidden: 4003,
+    RateLimited: 4029,
+    StoreUnavailable: 4503,
+}
 # Query-string names a seed-style client may use (never logged).
 _QUERY_CREDENTIALS = ("ticket", "token", "sessionId", "wsToken")
-
-
 # Each credential kind and the fields that make it up.
 _KINDS: dict[str, frozenset[str]] = {
     "ticket": frozenset({"ticket"}),
@@ -52,11 +74,29 @@ _KINDS: dict[str, frozenset[str]] = {
 }
 
 
-def connect_code(exc: GatewayError) -> int:
+def _code(table: Mapping[type[GatewayError], int], exc: GatewayError, default: int) -> int:
     for cls in type(exc).__mro__:
-        if cls in _CONNECT_CODES:
-            return _CONNECT_CODES[cls]
-    return 4001
+        if cls in table:
+            return table[cls]
+    return default
+
+
+def connect_code(exc: GatewayError) -> int:
+    return _code(_CONNECT_CODES, exc, 4001)
+
+
+def ack_error(exc: GatewayError) -> Ack:
+    return {"ok": False, "error": {"code": _code(_ACK_CODES, exc, 4000), "reason": exc.reason}}
+
+
+def load(schema: Schema, data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidRequest("the payload must be an object")
+    try:
+        loaded: dict[str, Any] = schema.load(data)
+    except ValidationError as exc:
+        raise InvalidRequest(schemas.first_error(exc)) from None
+    return loaded
 
 
 def read_credentials(auth: Any, environ: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
@@ -74,10 +114,7 @@ def read_credentials(auth: Any, environ: Mapping[str, Any]) -> tuple[str, dict[s
                 if len(values) > 1:
                     raise AmbiguousCredentials(f"{name} given more than once")
                 source[name] = values[0]
-    try:
-        data = schemas.ConnectAuth().load(source)
-    except ValidationError as exc:
-        raise InvalidRequest(schemas.first_error(exc)) from None
+    data = load(schemas.ConnectAuth(), source)
     kinds = {kind for kind, fields in _KINDS.items() if fields & data.keys()}
     if len(kinds) > 1:
         raise AmbiguousCredentials("send exactly one kind of credentials")
@@ -90,54 +127,116 @@ def read_credentials(auth: Any, environ: Mapping[str, Any]) -> tuple[str, dict[s
     return kind, data
 
 
+def client_address(environ: Mapping[str, Any]) -> str:
+    # python-engineio's aiohttp driver fixes REMOTE_ADDR to 127.0.0.1; the
+    # request knows the real peer.
+    request = environ.get("aiohttp.request")
+    return str(getattr(request, "remote", None) or "unknown")
+
+
 class SocketHandlers:
     def __init__(
         self,
         *,
+        config: Config,
         tokens: TokenService,
         tickets: TicketService,
         sessions: SessionService,
+        messages: MessageService,
         realtime: Realtime,
         metrics: Metrics,
     ) -> None:
+        self._config = config
         self._tokens = tokens
         self._tickets = tickets
         self._sessions = sessions
+        self._messages = messages
         self._realtime = realtime
         self._metrics = metrics
+        self._pending_by_addr: dict[str, int] = {}
 
     def register(self, sio: socketio.AsyncServer) -> None:
         sio.on("connect", self.connect)
         sio.on("disconnect", self.disconnect)
+        sio.on("authenticate", self._handler("authenticate", schemas.AuthenticateEvent(), self._authenticate))
+        sio.on("join", self._handler("join", schemas.RoomEvent(), self._join))
+        sio.on("leave", self._handler("leave", schemas.RoomEvent(), self._leave))
+        sio.on("message", self._handler("message", schemas.MessageEvent(), self._message))
+        sio.on("*", self.unknown_event)
+
+    # -- connect / disconnect ---------------------------------------------------
 
     async def connect(self, sid: str, environ: Mapping[str, Any], auth: Any = None) -> None:
         try:
             if self._realtime.draining:
                 raise StoreUnavailable("this node is shutting down; reconnect")
-            kind, creds = read_credentials(auth, environ)
+            try:
+                kind, creds = read_credentials(auth, environ)
+            except MissingCredentials:
+                if not self._config.deferred_auth:
+                    raise
+                self._admit_pending(sid, client_address(environ))
+                return
             if kind == "session":
                 await self._admit_session(sid, creds["sessionId"], creds["wsToken"])
             else:
-                await self._admit_user(sid, kind, creds[kind])
+                principal = await self._verify(kind, creds[kind])
+                await self._admit_user(sid, kind, principal)
         except GatewayError as exc:
             code = connect_code(exc)
             self._metrics.connect_attempts.labels("refused", exc.reason).inc()
             logger.info("connect refused sid=%s code=%d reason=%s", sid, code, exc.reason)
             raise socketio.exceptions.ConnectionRefusedError(str(exc), {"code": code, "reason": exc.reason}) from None
-        self._metrics.connected_sockets.inc()
         self._metrics.connect_attempts.labels("accepted", kind).inc()
 
-    async def _admit_user(self, sid: str, kind: str, credential: str) -> None:
+    async def _verify(self, kind: str, credential: str) -> Principal:
         if kind == "ticket":
             principal = await self._tickets.redeem(credential)
             self._metrics.tickets_consumed.inc()
-        else:
-            principal = await self._tokens.verify(credential)
+            return principal
+        return await self._tokens.verify(credential)
+
+    async def _admit_user(self, sid: str, via: str, principal: Principal, conn: Conn | None = None) -> None:
+        """Make ``sid`` an authenticated socket of ``principal.sub`` (at connect, or a pending one)."""
+        if conn is None:
+            conn = Conn(sid=sid, via=via, expires_at=principal.exp)
+            self._realtime.conns[sid] = conn
+        conn.via, conn.sub, conn.claims, conn.expires_at = via, principal.sub, principal.claims, principal.exp
         await self._realtime.sio.enter_room(sid, f"user:{principal.sub}")
-        self._realtime.conns[sid] = Conn(sid=sid, sub=principal.sub, via=kind, expires_at=principal.exp)
-        logger.info("connect sid=%s sub=%s via=%s", sid, principal.sub, kind)
-        payload = {"sub": principal.sub, "expiresAt": iso_z(principal.exp), "via": kind}
+        self._metrics.connected_sockets.inc()
+        logger.info("connect sid=%s sub=%s via=%s", sid, principal.sub, via)
+        payload = {"sub": principal.sub, "expiresAt": iso_z(principal.exp), "via": via}
         await self._realtime.emit_local(sid, "authenticated", payload)
+
+    def _admit_pending(self, sid: str, addr: str) -> None:
+        """PROTOCOL §6.6: a socket without credentials waits for ``authenticate``,
+        joined to no room, at most ``max_pending_per_ip`` per address."""
+        if self._pending_by_addr.get(addr, 0) >= self._config.max_pending_per_ip:
+            raise RateLimited("too many sockets waiting to authenticate from this address")
+        self._pending_by_addr[addr] = self._pending_by_addr.get(addr, 0) + 1
+        deadline = time.time() + self._config.auth_timeout
+        conn = Conn(sid=sid, via="pending", expires_at=deadline, addr=addr)
+        conn.timer = self._realtime.scheduler.at(deadline, lambda: self._auth_timeout(sid))
+        self._realtime.conns[sid] = conn
+        self._metrics.pending_sockets.inc()
+        logger.info("connect sid=%s pending authenticate", sid)
+
+    def _end_pending(self, conn: Conn) -> None:
+        self._realtime.scheduler.cancel(conn.timer)
+        conn.timer = None
+        if conn.addr is not None:
+            left = self._pending_by_addr.get(conn.addr, 1) - 1
+            if left > 0:
+                self._pending_by_addr[conn.addr] = left
+            else:
+                self._pending_by_addr.pop(conn.addr, None)
+        self._metrics.pending_sockets.dec()
+
+    async def _auth_timeout(self, sid: str) -> None:
+        conn = self._realtime.conns.get(sid)
+        if conn is not None and conn.pending:
+            logger.info("closing sid=%s reason=auth_timeout", sid)
+            await self._realtime.close(sid, 4008, "auth_timeout")
 
     async def _admit_session(self, sid: str, session_id: str, ws_token: str) -> None:
         opened = await self._sessions.open(session_id, ws_token)
@@ -145,17 +244,98 @@ class SocketHandlers:
         await self._realtime.sio.enter_room(sid, session_room(session_id))
         self._realtime.conns[sid] = conn
         conn.timer = self._realtime.scheduler.at(opened.expires_at, lambda: self._realtime.close(sid, 1000, "expired"))
+        self._metrics.connected_sockets.inc()
         logger.info("connect sid=%s session via=session", sid)
         expires = iso_z(opened.expires_at)
-        await self._realtime.emit_local(
-            sid, "authenticated", {"sessionId": session_id, "expiresAt": expires, "via": "session"}
-        )
+        authenticated = {"sessionId": session_id, "expiresAt": expires, "via": "session"}
+        await self._realtime.emit_local(sid, "authenticated", authenticated)
         otp_ready = {"type": "otp_ready", "autoPassword": opened.auto_password, "expiresAt": expires}
         await self._realtime.emit_local(sid, "otp_ready", otp_ready)
 
     async def disconnect(self, sid: str, reason: Any = None) -> None:
         conn = self._realtime.conns.pop(sid, None)
-        if conn is not None:
+        if conn is None:
+            return
+        if conn.pending:
+            self._end_pending(conn)
+        else:
             self._realtime.scheduler.cancel(conn.timer)
             self._metrics.connected_sockets.dec()
-            logger.info("disconnect sid=%s", sid)
+        logger.info("disconnect sid=%s", sid)
+
+    # -- client events ------------------------------------------------------------
+
+    def _handler(
+        self, event: str, schema: Schema, action: Callable[[Conn, dict[str, Any]], Awaitable[Ack]]
+    ) -> Callable[[str, Any], Awaitable[Ack | None]]:
+        """Wrap ``action`` with the rules every event shares: pending sockets may
+        only authenticate; the payload is validated; errors become acks."""
+
+        async def handle(sid: str, data: Any = None) -> Ack | None:
+            conn = self._realtime.conns.get(sid)
+            if conn is None:
+                return None  # a socket being closed
+            if conn.pending and event != "authenticate":
+                await self._unauthenticated(sid, event)
+                return None
+            try:
+                return await action(conn, load(schema, data))
+            except GatewayError as exc:
+                logger.info("event %s from sid=%s refused: %s", event, sid, exc.reason)
+                return ack_error(exc)
+
+        return handle
+
+    async def _unauthenticated(self, sid: str, event: str) -> None:
+        logger.info("closing sid=%s reason=unauthenticated (sent %s before authenticate)", sid, event)
+        await self._realtime.close(sid, 4001, "unauthenticated")
+
+    async def unknown_event(self, event: str, sid: str, data: Any = None) -> Ack | None:
+        conn = self._realtime.conns.get(sid)
+        if conn is not None and conn.pending:
+            await self._unauthenticated(sid, event)
+            return None
+        return ack_error(InvalidRequest("unknown event"))
+
+    async def _authenticate(self, conn: Conn, payload: dict[str, Any]) -> Ack:
+        kinds = [kind for kind in ("token", "ticket") if kind in payload]
+        if len(kinds) != 1:
+            raise (AmbiguousCredentials if kinds else MissingCredentials)("send exactly one of token or ticket")
+        principal = await self._verify(kinds[0], payload[kinds[0]])
+        if conn.pending:
+            self._end_pending(conn)
+            await self._admit_user(conn.sid, kinds[0], principal, conn)
+        elif principal.sub != conn.sub:  # PROTOCOL §6.8
+            logger.info("closing sid=%s reason=invalid_token (re-authentication as another sub)", conn.sid)
+            sid = conn.sid
+            self._realtime.scheduler.soon(lambda: self._realtime.close(sid, 4001, "invalid_token"))
+            raise InvalidToken("re-authentication must keep the same sub")
+        else:
+            conn.claims, conn.expires_at = principal.claims, principal.exp
+        return {"ok": True, "sub": principal.sub, "expiresAt": iso_z(principal.exp)}
+
+    async def _join(self, conn: Conn, payload: dict[str, Any]) -> Ack:
+        room = payload["room"]
+        if not may_join(conn.claims, room):
+            raise Forbidden("the rooms claim does not allow this room")
+        await self._realtime.sio.enter_room(conn.sid, room)
+        return {"ok": True, "room": room}
+
+    async def _leave(self, conn: Conn, payload: dict[str, Any]) -> Ack:
+        await self._realtime.sio.leave_room(conn.sid, payload["room"])
+        return {"ok": True, "room": payload["room"]}
+
+    async def _message(self, conn: Conn, payload: dict[str, Any]) -> Ack:
+        room, data, token = payload["room"], payload["data"], payload.get("token")
+        if token is None and self._config.per_message_auth:
+            raise MissingCredentials("per-message auth is on: every message needs a token")
+        if token is not None:
+            principal = await self._tokens.verify(token)
+            if principal.sub != conn.sub:
+                raise InvalidToken("the message's token is for another sub")
+        if len(json.dumps(data, separators=(",", ":"))) > self._config.max_message_bytes:
+            raise PayloadTooLarge(f"data is larger than {self._config.max_message_bytes} bytes")
+        if room not in self._realtime.sio.rooms(conn.sid):
+            raise Forbidden("join the room first")
+        message = await self._messages.post(sub=str(conn.sub), room=room, data=data)
+        return {"ok": True, "id": message["id"]}

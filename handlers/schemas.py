@@ -124,3 +124,20 @@ class ConnectAuth(Schema):
     token = fields.String()
     sessionId = fields.String(validate=_ID)
     wsToken = fields.String(validate=validate.Length(min=1, max=200))
+
+
+class AuthenticateEvent(Schema):
+    """``authenticate``: exactly one of token or ticket."""
+
+    token = fields.String(validate=validate.Length(min=1))
+    ticket = fields.String(validate=validate.Length(min=1))
+
+
+class RoomEvent(Schema):
+    room = fields.String(required=True, validate=validate.Regexp(r"^room:[^\s]{1,200}$", error="must be room:<name>"))
+
+
+class MessageEvent(Schema):
+    room = fields.String(required=True, validate=validate.Regexp(r"^room:[^\s]{1,200}$", error="must be room:<name>"))
+    data = fields.Raw(required=True, allow_none=True)
+    token = fields.String(validate=validate.Length(min=1))

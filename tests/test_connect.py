@@ -89,7 +89,6 @@ async def test_concurrent_connects_with_one_ticket_exactly_one_wins(
         ({"ticket": "a" * 43, "token": "b"}, "ambiguous_credentials"),
         ({"unknown": "field"}, "invalid_request"),
         ({"token": 42}, "invalid_request"),
-        (None, "missing_credentials"),
     ],
 )
 async def test_refusals_carry_code_and_reason(
@@ -106,3 +105,12 @@ async def test_expired_token_is_refused_as_token_expired(gateway: Gateway, probe
     token = gateway.mint("erin", ttl=60, now=time.time() - 3600)
     assert not await probe.connect(gateway.url, auth={"token": token})
     assert probe.connect_error["data"] == {"code": 4001, "reason": "token_expired"}
+
+
+async def test_missing_credentials_when_deferred_auth_is_off(
+    make_gateway: MakeGateway, probes: Callable[[], Probe]
+) -> None:
+    gateway = await make_gateway(deferred_auth=False)
+    probe = probes()
+    assert not await probe.connect(gateway.url)
+    assert probe.connect_error["data"] == {"code": 4001, "reason": "missing_credentials"}

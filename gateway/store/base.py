@@ -74,6 +74,17 @@ class Store(abc.ABC):
     async def members(self, key: str) -> list[str]:
         """The list at ``key`` in insertion order (empty when absent)."""
 
+    # Streams: an append-only log trimmed to about ``maxlen`` entries (a Redis
+    # Stream; a bounded deque in memory), for consumers outside the gateway.
+
+    @abc.abstractmethod
+    async def append_stream(self, key: str, fields: Mapping[str, str], *, maxlen: int, ttl: float) -> str:
+        """Append one entry; return its stream id. The stream's TTL is renewed."""
+
+    @abc.abstractmethod
+    async def read_stream(self, key: str, *, after: str = "0", count: int = 100) -> list[tuple[str, dict[str, str]]]:
+        """Up to ``count`` entries with ids after ``after``, oldest first."""
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections; the store is unusable afterwards."""

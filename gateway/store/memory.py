@@ -9,12 +9,19 @@ its read and its write, so each is atomic on the event loop.
 from __future__ import annotations
 
 import heapq
+import itertools
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 
 from gateway.store.base import PREFIX, Attempt, Store, check_ttl
 
-Value = str | dict[str, str] | list[str]
+Value = str | dict[str, str] | list[str] | deque[tuple[str, dict[str, str]]]
+
+
+def _stream_order(entry_id: str) -> tuple[int, int]:
+    millis, _, seq = entry_id.partition("-")
+    return int(millis), int(seq or 0)
 
 
 class MemoryStore(Store):
@@ -22,6 +29,7 @@ class MemoryStore(Store):
         self._clock = clock or time.monotonic
         self._data: dict[str, tuple[Value, float]] = {}
         self._expiries: list[tuple[float, str]] = []
+        self._stream_seq = itertools.count(1)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -112,6 +120,21 @@ class MemoryStore(Store):
     async def members(self, key: str) -> list[str]:
         value = self._live(key)
         return list(value) if isinstance(value, list) else []
+
+    async def append_stream(self, key: str, fields: Mapping[str, str], *, maxlen: int, ttl: float) -> str:
+        current = self._live(key)
+        stream = current if isinstance(current, deque) else deque(maxlen=maxlen)
+        entry_id = f"{int(time.time() * 1000)}-{next(self._stream_seq)}"
+        stream.append((entry_id, dict(fields)))
+        self._set(key, stream, ttl)
+        return entry_id
+
+    async def read_stream(self, key: str, *, after: str = "0", count: int = 100) -> list[tuple[str, dict[str, str]]]:
+        current = self._live(key)
+        if not isinstance(current, deque):
+            return []
+        newer = [entry for entry in current if _stream_order(entry[0]) > _stream_order(after)]
+        return [(entry_id, dict(fields)) for entry_id, fields in newer[:count]]
 
     async def close(self) -> None:
         self._data.clear()

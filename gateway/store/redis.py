@@ -131,5 +131,18 @@ class RedisStore(Store):
         items = await self._call(lambda: cast(Awaitable[list[str]], self._redis.lrange(PREFIX + key, 0, -1)))
         return [str(_text(item)) for item in items]
 
+    async def append_stream(self, key: str, fields: Mapping[str, str], *, maxlen: int, ttl: float) -> str:
+        async def op() -> Any:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xadd(PREFIX + key, cast(Any, dict(fields)), maxlen=maxlen, approximate=True)
+                pipe.pexpire(PREFIX + key, _ms(ttl))
+                return (await pipe.execute())[0]
+
+        return str(_text(await self._call(op)))
+
+    async def read_stream(self, key: str, *, after: str = "0", count: int = 100) -> list[tuple[str, dict[str, str]]]:
+        entries: Any = await self._call(lambda: self._redis.xrange(PREFIX + key, min=f"({after}", count=count))
+        return [(str(_text(entry_id)), dict(fields)) for entry_id, fields in entries or []]
+
     async def close(self) -> None:
         await self._redis.aclose()
