@@ -4,14 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JS     := tests/js/node_modules/.installed
+DEMO_JS := web_demo/node_modules/.installed
 APT_PACKAGES := redis-server:redis-server nginx:nginx
 
 .PHONY: run test lint venv system-deps js-deps bench clean
 
-run: $(STAMP)
+run: $(STAMP) $(DEMO_JS)
 	$(BIN)/ticketgate serve --demo
 
-test: system-deps $(STAMP) $(JS) lint
+test: system-deps $(STAMP) $(JS) $(DEMO_JS) lint
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -27,7 +28,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[test,dev]'
 	touch $@
 
-js-deps: $(JS)
+js-deps: $(JS) $(DEMO_JS)
+
+$(DEMO_JS): web_demo/package.json web_demo/package-lock.json
+	cd web_demo && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 $(JS): tests/js/package.json tests/js/package-lock.json
 	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
@@ -49,4 +54,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) tests/js/node_modules web_demo/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -41,6 +41,8 @@ SOCKETIO_PATH = "socket.io"
 RAW_SESSION_PREFIX = "/ws/session/"
 MAX_BODY_BYTES = 64 * 1024
 WEB_DEMO_DIR = Path(__file__).resolve().parent.parent / "web_demo"
+# socket.io-client, pinned in web_demo/package.json and installed by `make run`/`make test`.
+WEB_DEMO_VENDOR = WEB_DEMO_DIR / "node_modules" / "socket.io-client" / "dist"
 
 
 def create_app(config: Config) -> web.Application:
@@ -82,8 +84,10 @@ def create_app(config: Config) -> web.Application:
     if config.demo:
         app.router.add_get("/demo", _redirect_to_demo)
         app.router.add_get("/demo/", _demo_index)
+        app.router.add_static("/demo/vendor/", WEB_DEMO_VENDOR, show_index=False)
         app.router.add_static("/demo/", WEB_DEMO_DIR, show_index=False, append_version=False)
 
+    app.on_response_prepare.append(http.node_header(config.node_name))
     app.cleanup_ctx.extend([_http_client_ctx, _store_ctx, _realtime_ctx])
     # Not a cleanup_ctx: aiohttp runs on_shutdown *before* it waits for open
     # handlers (every WebSocket is one), cleanup_ctx only after that wait.

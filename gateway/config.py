@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class Config:
     redis_channel: str = "socketio"
     issuers: tuple[IssuerConfig, ...] = ()
     demo: bool = False
+    node_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     # Set by load_config when it had to invent a key/secret/admin token, so
     # that the CLI can warn (or print the demo admin token once).
     generated: frozenset[str] = field(default_factory=frozenset)
@@ -132,6 +134,7 @@ class ConfigSchema(Schema):
     redis_channel = fields.String(validate=validate.Length(min=1))
     issuers = fields.List(fields.Nested(IssuerSchema))
     demo = fields.Boolean()
+    node_name = fields.String(validate=validate.Length(min=1, max=64))
 
     @validates("allowed_origins")
     def _origins(self, value: list[str], **_: Any) -> None:

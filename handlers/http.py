@@ -80,6 +80,15 @@ class RedactParserErrors(logging.Filter):
         return True
 
 
+def node_header(node: str) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """``X-Ticketgate-Node`` on every response: which node of a cluster answered."""
+
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["X-Ticketgate-Node"] = node
+
+    return add
+
+
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
 
