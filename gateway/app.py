@@ -11,10 +11,12 @@ import aiohttp
 from aiohttp import web
 
 from gateway import __version__, keys
+from gateway.auth.refresh import RefreshService
 from gateway.auth.sessions import SessionService
 from gateway.auth.tickets import TicketService
 from gateway.auth.tokens import TokenService
 from gateway.config import Config
+from gateway.lifetime import Lifetime
 from gateway.messages import MessageService
 from gateway.metrics import Metrics
 from gateway.realtime import OriginPolicy, Realtime, create_server
@@ -55,14 +57,22 @@ def create_app(config: Config) -> web.Application:
     tokens = TokenService(config=config, http=lambda: app[keys.http_client])
     origins = OriginPolicy(config.allowed_origins)
     sio = create_server(config, origins=origins)
-    realtime = Realtime(sio=sio, scheduler=Scheduler())
+    realtime = Realtime(
+        sio=sio, scheduler=Scheduler(), max_held=config.max_held_events, on_drop=metrics.held_events_dropped.inc
+    )
+    tickets = TicketService(store=store, ttl=config.ticket_ttl)
     sessions = SessionService(config=config, store=store, tokens=tokens, realtime=realtime)
+    refresh = RefreshService(store=store, realtime=realtime, ttl=config.refresh_ttl)
+    lifetime = Lifetime(
+        config=config, store=store, tickets=tickets, refresh=refresh, realtime=realtime, metrics=metrics
+    )
 
     app[keys.config] = config
     app[keys.metrics] = metrics
     app[keys.store] = store
     app[keys.tokens] = tokens
-    app[keys.tickets] = TicketService(store=store, ttl=config.ticket_ttl)
+    app[keys.tickets] = tickets
+    app[keys.lifetime] = lifetime
     app[keys.origins] = origins
     app[keys.realtime] = realtime
     app[keys.sessions] = sessions
@@ -72,8 +82,9 @@ def create_app(config: Config) -> web.Application:
     SocketHandlers(
         config=config,
         tokens=tokens,
-        tickets=app[keys.tickets],
         sessions=sessions,
+        refresh=refresh,
+        lifetime=lifetime,
         messages=messages,
         realtime=realtime,
         metrics=metrics,

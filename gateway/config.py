@@ -69,6 +69,7 @@ class Config:
     max_pending_per_ip: int = 100
     max_message_bytes: int = 16 * 1024  # JSON size of a `message` event's data
     upstream_maxlen: int = 100_000  # tg:upstream is trimmed to about this many entries
+    max_held_events: int = 1000  # per socket awaiting re-auth, and per user once parked
     leeway: float = 5
     redis_channel: str = "socketio"
     issuers: tuple[IssuerConfig, ...] = ()
@@ -130,6 +131,7 @@ class ConfigSchema(Schema):
     max_pending_per_ip = fields.Integer(validate=validate.Range(min=1))
     max_message_bytes = fields.Integer(validate=validate.Range(min=1, max=60 * 1024))
     upstream_maxlen = fields.Integer(validate=validate.Range(min=1))
+    max_held_events = fields.Integer(validate=validate.Range(min=1, max=100_000))
     leeway = fields.Float(validate=validate.Range(min=0, max=30))
     redis_channel = fields.String(validate=validate.Length(min=1))
     issuers = fields.List(fields.Nested(IssuerSchema))

@@ -105,3 +105,9 @@ class TooManyAttempts(RateLimited):
 
 class PayloadTooLarge(InvalidRequest):
     reason = "payload_too_large"
+
+
+class RefreshReuse(Revoked):
+    """A rotated refresh token was presented again: its family is revoked."""
+
+    reason = "refresh_reuse"

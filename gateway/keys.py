@@ -9,6 +9,7 @@ from gateway.auth.sessions import SessionService
 from gateway.auth.tickets import TicketService
 from gateway.auth.tokens import TokenService
 from gateway.config import Config
+from gateway.lifetime import Lifetime
 from gateway.metrics import Metrics
 from gateway.realtime import OriginPolicy, Realtime
 from gateway.store import Store
@@ -19,6 +20,7 @@ metrics = web.AppKey("metrics", Metrics)
 tokens = web.AppKey("tokens", TokenService)
 tickets = web.AppKey("tickets", TicketService)
 sessions = web.AppKey("sessions", SessionService)
+lifetime = web.AppKey("lifetime", Lifetime)
 realtime = web.AppKey("realtime", Realtime)
 origins = web.AppKey("origins", OriginPolicy)
 http_client = web.AppKey("http_client", aiohttp.ClientSession)

@@ -30,5 +30,14 @@ class Metrics:
             "ticketgate_events_published", "Events published through the API", registry=self.registry
         )
 
+        self.held_events_dropped = Counter(
+            "ticketgate_held_events_dropped",
+            "Held events dropped at the cap (the client is told in its next authenticate ack)",
+            registry=self.registry,
+        )
+        self.disconnects = Counter(
+            "ticketgate_admin_disconnects", "Sockets closed by the disconnect API", ["reason"], registry=self.registry
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

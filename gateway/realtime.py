@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +35,8 @@ RESERVED_EVENTS = frozenset(
 )
 # Events a raw (IDToken-style) session WebSocket receives as JSON text frames.
 RAW_EVENTS = frozenset({"otp_ready", "approved", "rejected"})
+# The gateway's own events about a socket's state: never held back.
+UNHELD_EVENTS = frozenset({"closing", "authenticated", "auth_expiring", "reauth_required", "refresh_token"})
 CONTROL_CLOSE = "_tg:close"
 DRAIN_TIMEOUT = 2.0
 
@@ -70,10 +72,15 @@ class LocalFanout(socketio.AsyncManager):  # type: ignore[misc]
         if event == CONTROL_CLOSE and realtime is not None:
             await realtime.apply_close(data)
             return
+        target = to or room
+        if realtime is not None and realtime.holders and target is not None and event not in UNHELD_EVENTS:
+            held = realtime.hold(namespace or NAMESPACE, target, event, data)
+            if held:  # those sockets get it later, in order, from their hold buffer
+                skip = [skip_sid] if isinstance(skip_sid, str) else list(skip_sid or [])
+                skip_sid = skip + held
         await super().emit(
             event, data, namespace=namespace, room=room, skip_sid=skip_sid, callback=callback, to=to, **kwargs
         )
-        target = to or room
         if event in RAW_EVENTS and realtime is not None and target is not None:
             await realtime.deliver_raw(target, event, data)
 
@@ -138,7 +145,14 @@ class Conn:
     addr: str | None = None  # pending sockets: the client address they count against
     session_id: str | None = None
     seq: int = 0  # auth sessions: the connection's number, for "newest wins"
+    family: str | None = None  # the refresh-token family this socket is bound to
+    refresh_hash: str | None = None  # hash of the bound refresh token
+    holding: bool = False  # events for it are kept in `held` (reauth, or parked events first)
+    held: list[tuple[str, Any]] = field(default_factory=list)
+    dropped: int = 0  # held events dropped at the cap, not yet reported
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    warn_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    refresh_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     @property
     def pending(self) -> bool:
@@ -149,10 +163,15 @@ class Conn:
 class Realtime:
     """This node's sockets, and every emit and close the gateway makes."""
 
-    def __init__(self, *, sio: socketio.AsyncServer, scheduler: Scheduler) -> None:
+    def __init__(
+        self, *, sio: socketio.AsyncServer, scheduler: Scheduler, max_held: int, on_drop: Callable[[int], None]
+    ) -> None:
         self.sio = sio
         self.scheduler = scheduler
         self.conns: dict[str, Conn] = {}
+        self.holders: set[str] = set()  # sids whose events are being held
+        self._max_held = max_held
+        self._on_drop = on_drop
         self.raw: dict[str, dict[str, RawSocket]] = {}
         self.draining = False
         manager = sio.manager
@@ -234,6 +253,40 @@ class Realtime:
             except TimeoutError:
                 logger.warning("some transports did not close within %ss; dropping them", DRAIN_TIMEOUT)
         return len(sids) + len(raws)
+
+    # -- holding ---------------------------------------------------------------
+
+    def hold(self, namespace: str, target: str, event: str, data: Any) -> list[str]:
+        """Keep ``event`` for every holding socket the emit targets; return their sids."""
+        members = self.sio.manager.rooms.get(namespace, {}).get(target, {})
+        held = [sid for sid in self.holders if sid in members]
+        for sid in held:
+            conn = self.conns[sid]
+            conn.held.append((event, data))
+            overflow = len(conn.held) - self._max_held
+            if overflow > 0:  # the oldest go, and the client is told how many
+                del conn.held[:overflow]
+                conn.dropped += overflow
+                self._on_drop(overflow)
+        return held
+
+    def start_holding(self, conn: Conn) -> None:
+        conn.holding = True
+        self.holders.add(conn.sid)
+
+    async def release(self, conn: Conn) -> None:
+        """Deliver a holding socket's events in order, then stop holding. Events
+        arriving meanwhile join the queue's end, so none overtakes an older one."""
+        while conn.held and conn.sid in self.conns:
+            event, data = conn.held.pop(0)
+            # Straight to the socket: past LocalFanout, which would hold it again.
+            await socketio.AsyncManager.emit(self.sio.manager, event, data, NAMESPACE, room=conn.sid)
+        conn.holding = False
+        self.holders.discard(conn.sid)
+
+    def forget(self, sid: str) -> Conn | None:
+        self.holders.discard(sid)
+        return self.conns.pop(sid, None)
 
     # -- registry ------------------------------------------------------------
 

@@ -17,8 +17,8 @@ from urllib.parse import parse_qs
 import socketio
 from marshmallow import Schema, ValidationError
 
+from gateway.auth.refresh import RefreshService
 from gateway.auth.sessions import SessionService, session_room
-from gateway.auth.tickets import TicketService
 from gateway.auth.tokens import Principal, TokenService
 from gateway.config import Config
 from gateway.errors import (
@@ -36,6 +36,7 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.formats import iso_z
+from gateway.lifetime import Lifetime
 from gateway.messages import MessageService, may_join
 from gateway.metrics import Metrics
 from gateway.realtime import Conn, Realtime
@@ -71,6 +72,7 @@ _KINDS: dict[str, frozenset[str]] = {
     "ticket": frozenset({"ticket"}),
     "token": frozenset({"token"}),
     "session": frozenset({"sessionId", "wsToken"}),
+    "refresh": frozenset({"refreshToken"}),
 }
 
 
@@ -140,16 +142,18 @@ class SocketHandlers:
         *,
         config: Config,
         tokens: TokenService,
-        tickets: TicketService,
         sessions: SessionService,
+        refresh: RefreshService,
+        lifetime: Lifetime,
         messages: MessageService,
         realtime: Realtime,
         metrics: Metrics,
     ) -> None:
         self._config = config
         self._tokens = tokens
-        self._tickets = tickets
         self._sessions = sessions
+        self._refresh = refresh
+        self._lifetime = lifetime
         self._messages = messages
         self._realtime = realtime
         self._metrics = metrics
@@ -161,6 +165,7 @@ class SocketHandlers:
         sio.on("authenticate", self._handler("authenticate", schemas.AuthenticateEvent(), self._authenticate))
         sio.on("join", self._handler("join", schemas.RoomEvent(), self._join))
         sio.on("leave", self._handler("leave", schemas.RoomEvent(), self._leave))
+        sio.on("refresh", self._handler("refresh", schemas.RefreshEvent(), self._refresh_event))
         sio.on("message", self._handler("message", schemas.MessageEvent(), self._message))
         sio.on("*", self.unknown_event)
 
@@ -180,8 +185,7 @@ class SocketHandlers:
             if kind == "session":
                 await self._admit_session(sid, creds["sessionId"], creds["wsToken"])
             else:
-                principal = await self._verify(kind, creds[kind])
-                await self._admit_user(sid, kind, principal)
+                await self._admit_user(Conn(sid=sid, via=kind, expires_at=0.0), creds)
         except GatewayError as exc:
             code = connect_code(exc)
             self._metrics.connect_attempts.labels("refused", exc.reason).inc()
@@ -189,24 +193,39 @@ class SocketHandlers:
             raise socketio.exceptions.ConnectionRefusedError(str(exc), {"code": code, "reason": exc.reason}) from None
         self._metrics.connect_attempts.labels("accepted", kind).inc()
 
-    async def _verify(self, kind: str, credential: str) -> Principal:
-        if kind == "ticket":
-            principal = await self._tickets.redeem(credential)
-            self._metrics.tickets_consumed.inc()
-            return principal
-        return await self._tokens.verify(credential)
-
-    async def _admit_user(self, sid: str, via: str, principal: Principal, conn: Conn | None = None) -> None:
-        """Make ``sid`` an authenticated socket of ``principal.sub`` (at connect, or a pending one)."""
-        if conn is None:
-            conn = Conn(sid=sid, via=via, expires_at=principal.exp)
-            self._realtime.conns[sid] = conn
-        conn.via, conn.sub, conn.claims, conn.expires_at = via, principal.sub, principal.claims, principal.exp
-        await self._realtime.sio.enter_room(sid, f"user:{principal.sub}")
+    async def _admit_user(self, conn: Conn, creds: Mapping[str, str]) -> Principal:
+        """Authenticate ``conn`` (new, or pending) with a ticket, token or refresh
+        token: verify, admit (one store round trip), then make it the user's."""
+        via = next(kind for kind in ("ticket", "token", "refresh") if _KINDS[kind] <= creds.keys())
+        issued = None
+        if via == "ticket":
+            principal, parked = await self._lifetime.admit_ticket(conn.sid, creds["ticket"])
+        elif via == "token":
+            principal = await self._tokens.verify(creds["token"])
+            parked = await self._lifetime.admit(conn.sid, principal)
+        else:
+            rotated = await self._refresh.rotate(creds["refreshToken"])
+            now = time.time()
+            principal = Principal(
+                sub=rotated.sub, exp=now + self._config.access_token_ttl, iat=now, claims=rotated.claims
+            )
+            parked = await self._lifetime.admit(conn.sid, principal)
+            issued = rotated.issued
+        if conn.pending:
+            self._end_pending(conn)
+        conn.via = via
+        self._realtime.conns[conn.sid] = conn
         self._metrics.connected_sockets.inc()
-        logger.info("connect sid=%s sub=%s via=%s", sid, principal.sub, via)
+        logger.info("connect sid=%s sub=%s via=%s", conn.sid, principal.sub, via)
         payload = {"sub": principal.sub, "expiresAt": iso_z(principal.exp), "via": via}
-        await self._realtime.emit_local(sid, "authenticated", payload)
+        await self._realtime.emit_local(conn.sid, "authenticated", payload)
+        await self._lifetime.start(conn, principal, parked=parked)
+        if issued is not None:
+            await self._lifetime.bind_refresh(conn, issued)
+        elif self._config.refresh_tokens:
+            # Off the connect path: the refresh token follows `authenticated` shortly.
+            self._realtime.scheduler.soon(lambda: self._lifetime.issue_refresh(conn, principal))
+        return principal
 
     def _admit_pending(self, sid: str, addr: str) -> None:
         """PROTOCOL §6.6: a socket without credentials waits for ``authenticate``,
@@ -253,14 +272,14 @@ class SocketHandlers:
         await self._realtime.emit_local(sid, "otp_ready", otp_ready)
 
     async def disconnect(self, sid: str, reason: Any = None) -> None:
-        conn = self._realtime.conns.pop(sid, None)
+        conn = self._realtime.forget(sid)
         if conn is None:
             return
         if conn.pending:
             self._end_pending(conn)
         else:
-            self._realtime.scheduler.cancel(conn.timer)
             self._metrics.connected_sockets.dec()
+            await self._lifetime.stop(conn)
         logger.info("disconnect sid=%s", sid)
 
     # -- client events ------------------------------------------------------------
@@ -301,18 +320,33 @@ class SocketHandlers:
         kinds = [kind for kind in ("token", "ticket") if kind in payload]
         if len(kinds) != 1:
             raise (AmbiguousCredentials if kinds else MissingCredentials)("send exactly one of token or ticket")
-        principal = await self._verify(kinds[0], payload[kinds[0]])
         if conn.pending:
-            self._end_pending(conn)
-            await self._admit_user(conn.sid, kinds[0], principal, conn)
-        elif principal.sub != conn.sub:  # PROTOCOL §6.8
+            principal = await self._admit_user(conn, payload)
+            return {"ok": True, "sub": principal.sub, "expiresAt": iso_z(principal.exp)}
+        # Re-authentication of a live socket (before or after its expiry).
+        if kinds[0] == "ticket":
+            principal, parked = await self._lifetime.admit_ticket(conn.sid, payload["ticket"])
+        else:
+            principal = await self._tokens.verify(payload["token"])
+            parked = await self._lifetime.admit(conn.sid, principal)
+        if principal.sub != conn.sub:  # PROTOCOL §6.8
             logger.info("closing sid=%s reason=invalid_token (re-authentication as another sub)", conn.sid)
             sid = conn.sid
             self._realtime.scheduler.soon(lambda: self._realtime.close(sid, 4001, "invalid_token"))
             raise InvalidToken("re-authentication must keep the same sub")
-        else:
-            conn.claims, conn.expires_at = principal.claims, principal.exp
-        return {"ok": True, "sub": principal.sub, "expiresAt": iso_z(principal.exp)}
+        conn.held[:0] = [(event, data) for event, data in map(json.loads, parked)]
+        dropped = await self._lifetime.reauthenticate(conn, principal)
+        ack: Ack = {"ok": True, "sub": principal.sub, "expiresAt": iso_z(principal.exp)}
+        if dropped:
+            ack["dropped"] = dropped
+        return ack
+
+    async def _refresh_event(self, conn: Conn, payload: dict[str, Any]) -> Ack:
+        rotated = await self._refresh.rotate(payload["refreshToken"])
+        if rotated.sub != conn.sub:
+            raise InvalidToken("this refresh token belongs to another user")
+        await self._lifetime.bind_refresh(conn, rotated.issued)
+        return {"ok": True, "refreshToken": rotated.issued.token, "expiresAt": iso_z(rotated.issued.expires_at)}
 
     async def _join(self, conn: Conn, payload: dict[str, Any]) -> Ack:
         room = payload["room"]

@@ -250,6 +250,16 @@ async def verify_session(request: web.Request) -> web.Response:
     return web.json_response({"status": "approved"})
 
 
+async def disconnect_user(request: web.Request) -> web.Response:
+    require_admin(request)
+    sub = request.match_info["sub"]
+    if not 1 <= len(sub) <= 200:
+        raise InvalidRequest("sub must be 1 to 200 characters")
+    body = await load_body(request, schemas.DisconnectRequest())
+    closed = await request.app[keys.lifetime].disconnect_user(sub, revoke=body["revokeTokens"])
+    return web.json_response({"disconnected": closed})
+
+
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -261,3 +271,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/auth/devices", enroll_device)
     app.router.add_post("/auth/initiate", initiate_session)
     app.router.add_post("/auth/verify", verify_session)
+    app.router.add_post("/api/users/{sub}/disconnect", disconnect_user)

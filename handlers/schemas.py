@@ -124,6 +124,7 @@ class ConnectAuth(Schema):
     token = fields.String()
     sessionId = fields.String(validate=_ID)
     wsToken = fields.String(validate=validate.Length(min=1, max=200))
+    refreshToken = fields.String(validate=validate.Length(min=1, max=200))
 
 
 class AuthenticateEvent(Schema):
@@ -141,3 +142,15 @@ class MessageEvent(Schema):
     room = fields.String(required=True, validate=validate.Regexp(r"^room:[^\s]{1,200}$", error="must be room:<name>"))
     data = fields.Raw(required=True, allow_none=True)
     token = fields.String(validate=validate.Length(min=1))
+
+
+class RefreshEvent(Schema):
+    refreshToken = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class DisconnectRequest(Schema):
+    revokeTokens = fields.Boolean(load_default=False)
+
+
+class DisconnectResponse(Schema):
+    disconnected = fields.Integer(required=True)

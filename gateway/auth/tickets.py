@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from gateway.auth.tokens import Principal
-from gateway.errors import InvalidTicket, TokenExpired
+from gateway.errors import InvalidTicket, Revoked, TokenExpired
 from gateway.store import Store
 
 _TICKET_BYTES = 32
@@ -44,19 +44,26 @@ class TicketService:
         lifetime = min(self._ttl, principal.exp - now)
         if lifetime <= 0:
             raise TokenExpired("token expired")
+        if await self._store.is_revoked(principal.sub, principal.iat):
+            raise Revoked("this token was revoked")
         ticket = secrets.token_urlsafe(_TICKET_BYTES)
-        record = {"sub": principal.sub, "exp": principal.exp, "claims": dict(principal.claims)}
+        record = {"sub": principal.sub, "exp": principal.exp, "iat": principal.iat, "claims": dict(principal.claims)}
         await self._store.put(_key(ticket), json.dumps(record), ttl=lifetime)
         return IssuedTicket(ticket=ticket, expires=int(now + lifetime))
 
-    async def redeem(self, ticket: object) -> Principal:
-        """Consume ``ticket``; raise InvalidTicket if it is malformed, unknown, used or expired."""
+    @staticmethod
+    def key(ticket: object) -> str:
+        """The store key of a well-formed ticket; InvalidTicket (no store round trip) for garbage."""
         if not isinstance(ticket, str) or not _TICKET_SHAPE.match(ticket):
-            raise InvalidTicket("malformed ticket")  # no store round trip for garbage
-        raw = await self._store.take(_key(ticket))
+            raise InvalidTicket("malformed ticket")
+        return _key(ticket)
+
+    @staticmethod
+    def principal(raw: str | None) -> Principal:
+        """The principal of a consumed ticket record; InvalidTicket if there was none."""
         if raw is None:
             raise InvalidTicket("unknown, used or expired ticket")
         record = json.loads(raw)
         if record["exp"] <= time.time():
             raise TokenExpired("the ticket's token has expired")
-        return Principal(sub=record["sub"], exp=float(record["exp"]), claims=record["claims"])
+        return Principal(sub=record["sub"], exp=float(record["exp"]), iat=float(record["iat"]), claims=record["claims"])

@@ -44,6 +44,7 @@ class Principal:
 
     sub: str
     exp: float
+    iat: float = 0.0  # for revocation: credentials issued before a user's cut-off stop working
     claims: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -189,10 +190,13 @@ class TokenService:
         now: float | None = None,
     ) -> tuple[str, int]:
         """A signed ES256 access JWT for ``sub`` and its ``exp`` (unix seconds)."""
-        issued = int(time.time() if now is None else now)
-        exp = issued + int(self._access_ttl if ttl is None else ttl)
+        issued = time.time() if now is None else now
+        exp = int(issued + (self._access_ttl if ttl is None else ttl))
         payload = {k: v for k, v in (claims or {}).items() if k not in _RESERVED_CLAIMS}
-        payload.update(iss=GATEWAY_ISSUER, sub=sub, iat=issued, exp=exp, jti=secrets.token_urlsafe(16))
+        # iat keeps milliseconds (RFC 7519 allows fractions): a token minted just
+        # after a revocation in the same second must not count as revoked.
+        iat = round(issued, 3)
+        payload.update(iss=GATEWAY_ISSUER, sub=sub, iat=iat, exp=exp, jti=secrets.token_urlsafe(16))
         token = jwt.encode(payload, self._signer.key, algorithm=GATEWAY_ALGORITHM, headers={"kid": self.kid})
         return token, exp
 
@@ -233,4 +237,7 @@ class TokenService:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise InvalidToken("sub must be a non-empty string")
-        return Principal(sub=sub, exp=float(claims["exp"]), claims=claims)
+        iat = claims.get("iat")
+        return Principal(
+            sub=sub, exp=float(claims["exp"]), iat=float(iat) if isinstance(iat, int | float) else 0.0, claims=claims
+        )

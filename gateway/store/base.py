@@ -8,12 +8,28 @@ cluster's state can never grow without bound. Implementations raise
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 PREFIX = "tg:"
 
 Attempt = Literal["counted", "missing", "resolved", "exhausted"]
+Rotation = Literal["rotated", "missing", "reuse", "revoked"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Admission:
+    """The outcome of ``Store.admit``."""
+
+    ticket: str | None = None  # the consumed ticket record, when one was presented
+    revoked: bool = False  # the credential was issued before the user's revocation
+    parked: list[str] = field(default_factory=list)  # held events waiting for this user
+
+
+# Per-user keys: revoked:<sub> (revocation cut-off, unix s), parked:<sub>
+# (held events of closed sockets, oldest first), sockets:<sub> (live socket
+# registry: sorted set of socket ids scored by when each entry goes stale).
 
 
 class Store(abc.ABC):
@@ -84,6 +100,55 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def read_stream(self, key: str, *, after: str = "0", count: int = 100) -> list[tuple[str, dict[str, str]]]:
         """Up to ``count`` entries with ids after ``after``, oldest first."""
+
+    # Users: admission, revocation, parked events, live-socket registry.
+
+    @abc.abstractmethod
+    async def admit(
+        self, *, sub: str | None, iat: float, sid: str, until: float, ttl: float, ticket_key: str | None = None
+    ) -> Admission | None:
+        """Atomically admit socket ``sid`` of user ``sub``.
+
+        With ``ticket_key``, first take the ticket record (its JSON ``sub`` and
+        ``iat`` replace the arguments); None if there is no such ticket. If the
+        credential's ``iat`` is before the user's revocation cut-off, return
+        ``revoked`` and change nothing else. Otherwise take (remove and
+        return) the user's parked events and register ``sid`` as live until
+        ``until``; the registry and parked keys then live ``ttl`` seconds.
+        """
+
+    @abc.abstractmethod
+    async def is_revoked(self, sub: str, iat: float) -> bool:
+        """True if a credential of ``sub`` issued at ``iat`` is revoked."""
+
+    @abc.abstractmethod
+    async def forget_socket(self, sub: str, sid: str) -> None:
+        """Remove ``sid`` from the user's live-socket registry."""
+
+    @abc.abstractmethod
+    async def disconnect_user(self, sub: str, *, now: float, revoke: bool, ttl: float) -> int:
+        """Count (and clear) the user's live sockets; with ``revoke``, also set the
+        revocation cut-off to ``now`` (kept ``ttl`` seconds)."""
+
+    @abc.abstractmethod
+    async def park(self, sub: str, events: Sequence[str], *, cap: int, ttl: float) -> int:
+        """Append held events for the user's next socket, keeping the newest
+        ``cap``; return how many old ones were dropped."""
+
+    # Refresh tokens: records keyed by token hash, grouped in family records.
+
+    @abc.abstractmethod
+    async def rotate(
+        self, old_key: str, new_key: str, *, family_key: str, fields: Mapping[str, str], ttl: float, revoked_key: str
+    ) -> tuple[Rotation, dict[str, str] | None]:
+        """Atomically rotate a refresh token.
+
+        "missing": no such token. "reuse": the token was already rotated; the
+        family is marked revoked. "revoked": the family is revoked or the
+        token's ``iat`` is before the cut-off at ``revoked_key``. "rotated":
+        the old token is marked rotated and ``new_key`` created with ``fields``
+        (both and the family live ``ttl``). The old record is returned.
+        """
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
-from gateway.store.base import PREFIX, Attempt, Store, check_ttl
+from gateway.store.base import PREFIX, Admission, Attempt, Rotation, Store, check_ttl
 
 Value = str | dict[str, str] | list[str] | deque[tuple[str, dict[str, str]]]
 
@@ -135,6 +136,75 @@ class MemoryStore(Store):
             return []
         newer = [entry for entry in current if _stream_order(entry[0]) > _stream_order(after)]
         return [(entry_id, dict(fields)) for entry_id, fields in newer[:count]]
+
+    async def admit(
+        self, *, sub: str | None, iat: float, sid: str, until: float, ttl: float, ticket_key: str | None = None
+    ) -> Admission | None:
+        ticket = None
+        if ticket_key is not None:
+            ticket = await self.take(ticket_key)
+            if ticket is None:
+                return None
+            record = json.loads(ticket)
+            sub, iat = record["sub"], float(record["iat"])
+        if sub is None:
+            raise ValueError("admit needs a sub or a ticket")
+        if await self.is_revoked(sub, iat):
+            return Admission(ticket=ticket, revoked=True)
+        parked = self._live(f"parked:{sub}")
+        self._data.pop(f"{PREFIX}parked:{sub}", None)
+        now = time.time()
+        registry = {k: v for k, v in (self._record(f"sockets:{sub}") or {}).items() if float(v) >= now}
+        registry[sid] = str(until)
+        self._set(f"sockets:{sub}", registry, ttl)
+        return Admission(ticket=ticket, parked=list(parked) if isinstance(parked, list) else [])
+
+    async def is_revoked(self, sub: str, iat: float) -> bool:
+        cutoff = self._live(f"revoked:{sub}")
+        return isinstance(cutoff, str) and iat < float(cutoff)
+
+    async def forget_socket(self, sub: str, sid: str) -> None:
+        registry = self._record(f"sockets:{sub}")
+        if registry is not None:
+            registry.pop(sid, None)
+
+    async def disconnect_user(self, sub: str, *, now: float, revoke: bool, ttl: float) -> int:
+        registry = self._record(f"sockets:{sub}") or {}
+        live = sum(1 for until in registry.values() if float(until) >= now)
+        self._data.pop(f"{PREFIX}sockets:{sub}", None)
+        if revoke:
+            current = self._live(f"revoked:{sub}")
+            cutoff = max(now, float(current) if isinstance(current, str) else 0.0)
+            self._set(f"revoked:{sub}", str(cutoff), ttl)
+        return live
+
+    async def park(self, sub: str, events: Sequence[str], *, cap: int, ttl: float) -> int:
+        current = self._live(f"parked:{sub}")
+        items = (list(current) if isinstance(current, list) else []) + list(events)
+        dropped = max(0, len(items) - cap)
+        self._set(f"parked:{sub}", items[dropped:], ttl)
+        return dropped
+
+    async def rotate(
+        self, old_key: str, new_key: str, *, family_key: str, fields: Mapping[str, str], ttl: float, revoked_key: str
+    ) -> tuple[Rotation, dict[str, str] | None]:
+        record = self._record(old_key)
+        if record is None:
+            return "missing", None
+        family = self._record(family_key)
+        if record.get("state") != "active":
+            if family is not None:
+                family["status"] = "revoked"
+            return "reuse", dict(record)
+        cutoff = self._live(revoked_key)
+        if family is None or family.get("status") != "active":
+            return "revoked", dict(record)
+        if isinstance(cutoff, str) and float(record["iat"]) < float(cutoff):
+            return "revoked", dict(record)
+        record["state"] = "rotated"
+        self._set(new_key, dict(fields), ttl)
+        self._set(family_key, family, ttl)
+        return "rotated", dict(record)
 
     async def close(self) -> None:
         self._data.clear()

@@ -6,7 +6,8 @@ trip each, and no interleaving with another node's update of the same key.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -14,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import StoreUnavailable
-from gateway.store.base import PREFIX, Attempt, Store, check_ttl
+from gateway.store.base import PREFIX, Admission, Attempt, Rotation, Store, check_ttl
 
 T = TypeVar("T")
 
@@ -49,6 +50,75 @@ return 1
 """
 
 
+# The user's keys are derived from the ticket's sub inside the script, so
+# this script needs a single Redis (or Sentinel), not Redis Cluster.
+_ADMIT = """
+local ticket = false
+local sub = ARGV[1]
+local iat = tonumber(ARGV[2])
+if KEYS[1] ~= '' then
+  ticket = redis.call('GETDEL', KEYS[1])
+  if not ticket then return false end
+  local record = cjson.decode(ticket)
+  sub = record['sub']
+  iat = tonumber(record['iat'])
+end
+local p = ARGV[7]
+local cutoff = redis.call('GET', p .. 'revoked:' .. sub)
+if cutoff and iat < tonumber(cutoff) then return {ticket, 1, {}} end
+local parked_key = p .. 'parked:' .. sub
+local parked = redis.call('LRANGE', parked_key, 0, -1)
+redis.call('DEL', parked_key)
+local sockets_key = p .. 'sockets:' .. sub
+redis.call('ZREMRANGEBYSCORE', sockets_key, '-inf', '(' .. ARGV[6])
+redis.call('ZADD', sockets_key, ARGV[4], ARGV[3])
+redis.call('PEXPIRE', sockets_key, ARGV[5])
+return {ticket, 0, parked}
+"""
+_DISCONNECT_USER = """
+local n = redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf')
+redis.call('DEL', KEYS[1])
+if ARGV[2] == '1' then
+  local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if tonumber(ARGV[1]) > current then
+    redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+  else
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  end
+end
+return n
+"""
+_PARK = """
+for i = 3, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+local length = redis.call('LLEN', KEYS[1])
+local dropped = 0
+if length > tonumber(ARGV[1]) then
+  dropped = length - tonumber(ARGV[1])
+  redis.call('LTRIM', KEYS[1], dropped, -1)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return dropped
+"""
+_ROTATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local record = redis.call('HGETALL', KEYS[1])
+if redis.call('HGET', KEYS[1], 'state') ~= 'active' then
+  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HSET', KEYS[3], 'status', 'revoked') end
+  return {'reuse', record}
+end
+if redis.call('HGET', KEYS[3], 'status') ~= 'active' then return {'revoked', record} end
+local cutoff = redis.call('GET', KEYS[4])
+if cutoff and tonumber(redis.call('HGET', KEYS[1], 'iat')) < tonumber(cutoff) then
+  return {'revoked', record}
+end
+redis.call('HSET', KEYS[1], 'state', 'rotated')
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[3], ARGV[1])
+return {'rotated', record}
+"""
+
+
 def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -78,6 +148,10 @@ class RedisStore(Store):
         self._count_attempt = self._redis.register_script(_COUNT_ATTEMPT)
         self._transition = self._redis.register_script(_TRANSITION)
         self._append = self._redis.register_script(_APPEND)
+        self._admit = self._redis.register_script(_ADMIT)
+        self._disconnect_user = self._redis.register_script(_DISCONNECT_USER)
+        self._park = self._redis.register_script(_PARK)
+        self._rotate = self._redis.register_script(_ROTATE)
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -143,6 +217,46 @@ class RedisStore(Store):
     async def read_stream(self, key: str, *, after: str = "0", count: int = 100) -> list[tuple[str, dict[str, str]]]:
         entries: Any = await self._call(lambda: self._redis.xrange(PREFIX + key, min=f"({after}", count=count))
         return [(str(_text(entry_id)), dict(fields)) for entry_id, fields in entries or []]
+
+    async def admit(
+        self, *, sub: str | None, iat: float, sid: str, until: float, ttl: float, ticket_key: str | None = None
+    ) -> Admission | None:
+        if sub is None and ticket_key is None:
+            raise ValueError("admit needs a sub or a ticket")
+        keys = [PREFIX + ticket_key if ticket_key is not None else ""]
+        args: list[Any] = [sub or "", repr(iat), sid, repr(until), _ms(ttl), repr(time.time()), PREFIX]
+        result: Any = await self._call(lambda: self._admit(keys=keys, args=args))
+        if result is None:
+            return None
+        ticket, revoked, parked = result
+        return Admission(ticket=_text(ticket), revoked=bool(revoked), parked=[str(_text(p)) for p in parked])
+
+    async def is_revoked(self, sub: str, iat: float) -> bool:
+        cutoff = await self.get(f"revoked:{sub}")
+        return cutoff is not None and iat < float(cutoff)
+
+    async def forget_socket(self, sub: str, sid: str) -> None:
+        await self._call(lambda: self._redis.zrem(f"{PREFIX}sockets:{sub}", sid))
+
+    async def disconnect_user(self, sub: str, *, now: float, revoke: bool, ttl: float) -> int:
+        keys = [f"{PREFIX}sockets:{sub}", f"{PREFIX}revoked:{sub}"]
+        args = [repr(now), "1" if revoke else "0", _ms(ttl)]
+        return int(await self._call(lambda: self._disconnect_user(keys=keys, args=args)))
+
+    async def park(self, sub: str, events: Sequence[str], *, cap: int, ttl: float) -> int:
+        args: list[Any] = [cap, _ms(ttl), *events]
+        return int(await self._call(lambda: self._park(keys=[f"{PREFIX}parked:{sub}"], args=args)))
+
+    async def rotate(
+        self, old_key: str, new_key: str, *, family_key: str, fields: Mapping[str, str], ttl: float, revoked_key: str
+    ) -> tuple[Rotation, dict[str, str] | None]:
+        keys = [PREFIX + old_key, PREFIX + new_key, PREFIX + family_key, PREFIX + revoked_key]
+        args: list[Any] = [_ms(ttl)]
+        for name, value in fields.items():
+            args += [name, value]
+        result: Any = await self._call(lambda: self._rotate(keys=keys, args=args))
+        outcome = cast(Rotation, _text(result[0]))
+        return outcome, _pairs(result[1]) if len(result) > 1 else None
 
     async def close(self) -> None:
         await self._redis.aclose()

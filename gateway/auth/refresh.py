@@ -1,0 +1,115 @@
+"""Refresh tokens over the socket (seed 003): rotation with a cluster-wide
+blacklist and reuse detection.
+
+A refresh token is 256 random bits, stored only as its SHA-256, in a family.
+Presenting one rotates it in one atomic store step: the old token is marked
+rotated (the blacklist entry, kept until it would have expired) and a new one
+issued. Presenting a rotated token again is reuse: the family is revoked and
+every socket bound to it (room ``family:<id>``, on any node) is closed with
+4011 ``refresh_reuse``. Two concurrent rotations of one token: one rotates,
+the other is reuse. Any store failure fails closed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.auth.tokens import Principal
+from gateway.errors import InvalidToken, RefreshReuse, Revoked
+from gateway.realtime import Realtime
+from gateway.store import Store
+
+_TOKEN_BYTES = 32
+
+
+def family_room(family: str) -> str:
+    return f"family:{family}"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class IssuedRefresh:
+    token: str
+    hash: str
+    family: str
+    expires_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rotated:
+    """A successful rotation: who the old token spoke for, and its successor."""
+
+    sub: str
+    claims: Mapping[str, Any]
+    issued: IssuedRefresh
+
+
+class RefreshService:
+    def __init__(self, *, store: Store, realtime: Realtime, ttl: float) -> None:
+        self._store = store
+        self._realtime = realtime
+        self.ttl = ttl
+
+    def _record(self, *, sub: str, family: str, claims: Mapping[str, Any], now: float) -> dict[str, str]:
+        return {
+            "sub": sub,
+            "family": family,
+            "iat": repr(now),
+            "exp": repr(now + self.ttl),
+            "state": "active",
+            "claims": json.dumps(dict(claims)),
+        }
+
+    async def start_family(self, principal: Principal) -> IssuedRefresh:
+        """A new family and its first token, for a socket's first authentication."""
+        now = time.time()
+        family = secrets.token_urlsafe(12)
+        token = secrets.token_urlsafe(_TOKEN_BYTES)
+        await self._store.create_record(f"family:{family}", {"sub": principal.sub, "status": "active"}, ttl=self.ttl)
+        record = self._record(sub=principal.sub, family=family, claims=principal.claims, now=now)
+        await self._store.create_record(f"refresh:{token_hash(token)}", record, ttl=self.ttl)
+        return IssuedRefresh(token=token, hash=token_hash(token), family=family, expires_at=now + self.ttl)
+
+    async def rotate(self, token: object) -> Rotated:
+        """Rotate a presented token; raise InvalidToken, Revoked or RefreshReuse."""
+        if not isinstance(token, str) or not 16 <= len(token) <= 128:
+            raise InvalidToken("malformed refresh token")
+        return await self.rotate_hash(token_hash(token))
+
+    async def rotate_hash(self, old_hash: str) -> Rotated:
+        """Rotate by hash: also used to push a successor before expiry."""
+        now = time.time()
+        token = secrets.token_urlsafe(_TOKEN_BYTES)
+        new_hash = token_hash(token)
+        old = await self._store.get_record(f"refresh:{old_hash}")
+        if old is None:
+            raise InvalidToken("unknown or expired refresh token")
+        family, sub = old["family"], old["sub"]
+        claims = json.loads(old["claims"])
+        fields = self._record(sub=sub, family=family, claims=claims, now=now)
+        outcome, _ = await self._store.rotate(
+            f"refresh:{old_hash}",
+            f"refresh:{new_hash}",
+            family_key=f"family:{family}",
+            fields=fields,
+            ttl=self.ttl,
+            revoked_key=f"revoked:{sub}",
+        )
+        if outcome == "missing":
+            raise InvalidToken("unknown or expired refresh token")
+        if outcome == "reuse":
+            await self._realtime.close_room(family_room(family), 4011, "refresh_reuse")
+            raise RefreshReuse("this refresh token was already used: its family is revoked")
+        if outcome == "revoked":
+            raise Revoked("this refresh token is revoked")
+        issued = IssuedRefresh(token=token, hash=new_hash, family=family, expires_at=now + self.ttl)
+        return Rotated(sub=sub, claims=claims, issued=issued)

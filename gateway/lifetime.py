@@ -1,0 +1,216 @@
+"""How long a socket's authentication lasts, and what happens at its end.
+
+Admission (one atomic store step: ticket, revocation, parked events, live
+registry), the expiry warning and the ``on_expiry`` policy (seed 004:
+ignore, close, or ask for re-authentication while holding the socket's
+events), and refresh-token binding (seed 003). All timers are loop handles
+from the one Scheduler; a socket costs no task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from gateway.auth.refresh import IssuedRefresh, RefreshService, family_room
+from gateway.auth.tickets import TicketService
+from gateway.auth.tokens import Principal
+from gateway.config import Config
+from gateway.errors import GatewayError, Revoked
+from gateway.formats import iso_z
+from gateway.metrics import Metrics
+from gateway.realtime import Conn, Realtime
+from gateway.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class Lifetime:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        tickets: TicketService,
+        refresh: RefreshService,
+        realtime: Realtime,
+        metrics: Metrics,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._tickets = tickets
+        self._refresh = refresh
+        self._realtime = realtime
+        self._metrics = metrics
+
+    # -- admission -------------------------------------------------------------
+
+    def _registry_until(self, exp: float) -> float:
+        if self._config.on_expiry == "ignore":
+            return time.time() + self._config.refresh_ttl
+        return exp + self._config.reauth_grace
+
+    @property
+    def _user_ttl(self) -> float:
+        """How long per-user records (registry, parked events, revocation) live."""
+        return max(self._config.refresh_ttl, self._config.access_token_ttl) + self._config.leeway
+
+    async def admit_ticket(self, sid: str, ticket: object) -> tuple[Principal, list[str]]:
+        """Consume a ticket and admit ``sid`` for its user: one store round trip."""
+        admission = await self._store.admit(
+            sub=None,
+            iat=0.0,
+            sid=sid,
+            until=self._registry_until(time.time() + self._config.access_token_ttl),
+            ttl=self._user_ttl,
+            ticket_key=self._tickets.key(ticket),
+        )
+        principal = self._tickets.principal(admission.ticket if admission else None)
+        self._metrics.tickets_consumed.inc()
+        if admission is None or admission.revoked:
+            raise Revoked("this user's tokens were revoked")
+        return principal, admission.parked
+
+    async def admit(self, sid: str, principal: Principal) -> list[str]:
+        """Admit ``sid`` for an already verified principal: one store round trip."""
+        admission = await self._store.admit(
+            sub=principal.sub, iat=principal.iat, sid=sid, until=self._registry_until(principal.exp), ttl=self._user_ttl
+        )
+        if admission is None or admission.revoked:
+            raise Revoked("this user's tokens were revoked")
+        return admission.parked
+
+    async def start(self, conn: Conn, principal: Principal, *, parked: list[str]) -> None:
+        """Bind an admitted socket to its user: room, timers, parked events first."""
+        conn.sub, conn.claims, conn.expires_at = principal.sub, principal.claims, principal.exp
+        # Hold while the parked events go out, so nothing newer overtakes them.
+        self._realtime.start_holding(conn)
+        conn.held[:0] = [(event, data) for event, data in map(json.loads, parked)]
+        await self._realtime.sio.enter_room(conn.sid, f"user:{principal.sub}")
+        self._schedule(conn)
+        await self._realtime.release(conn)
+
+    async def stop(self, conn: Conn) -> None:
+        """A socket left: cancel its timers and drop it from the live registry."""
+        for handle in (conn.timer, conn.warn_timer, conn.refresh_timer):
+            self._realtime.scheduler.cancel(handle)
+        if conn.sub is not None:
+            try:
+                await self._store.forget_socket(conn.sub, conn.sid)
+            except GatewayError:
+                logger.warning("could not remove sid=%s from the registry (store down); it ages out", conn.sid)
+
+    # -- expiry ------------------------------------------------------------------
+
+    def _schedule(self, conn: Conn) -> None:
+        scheduler = self._realtime.scheduler
+        for handle in (conn.timer, conn.warn_timer):
+            scheduler.cancel(handle)
+        conn.timer = conn.warn_timer = None
+        if self._config.on_expiry == "ignore":
+            return
+        sid = conn.sid
+        if self._config.expiry_warning > 0:
+            conn.warn_timer = scheduler.at(conn.expires_at - self._config.expiry_warning, lambda: self._warn(sid))
+        conn.timer = scheduler.at(conn.expires_at, lambda: self._expired(sid))
+
+    async def _warn(self, sid: str) -> None:
+        conn = self._realtime.conns.get(sid)
+        if conn is not None and not conn.holding:
+            remaining = max(0, round(conn.expires_at - time.time()))
+            payload = {"expiresAt": iso_z(conn.expires_at), "in": remaining}
+            await self._realtime.emit_local(sid, "auth_expiring", payload)
+
+    async def _expired(self, sid: str) -> None:
+        conn = self._realtime.conns.get(sid)
+        if conn is None or conn.expires_at > time.time() + 0.5:
+            return  # gone, or re-authenticated meanwhile
+        if self._config.on_expiry == "close":
+            logger.info("closing sid=%s reason=auth_expired", sid)
+            await self._realtime.close(sid, 4010, "auth_expired")
+            return
+        deadline = conn.expires_at + self._config.reauth_grace
+        self._realtime.start_holding(conn)
+        conn.timer = self._realtime.scheduler.at(deadline, lambda: self._grace_over(sid))
+        logger.info("sid=%s reauth_required; holding its events", sid)
+        await self._realtime.emit_local(sid, "reauth_required", {"deadline": iso_z(deadline)})
+
+    async def _grace_over(self, sid: str) -> None:
+        conn = self._realtime.conns.get(sid)
+        if conn is None or not conn.holding or conn.sub is None:
+            return
+        held, conn.held = conn.held, []
+        if held:
+            # Park first: the user's next socket, on any node, gets them in order.
+            items = [json.dumps([event, data]) for event, data in held]
+            try:
+                cap, ttl = self._config.max_held_events, self._config.refresh_ttl
+                dropped = await self._store.park(conn.sub, items, cap=cap, ttl=ttl)
+            except GatewayError:
+                dropped = len(items)
+                logger.error("store down: %d held events of sid=%s could not be parked", dropped, sid)
+            if dropped:
+                self._metrics.held_events_dropped.inc(dropped)
+        logger.info("closing sid=%s reason=auth_expired (no re-authentication)", sid)
+        await self._realtime.close(sid, 4010, "auth_expired")
+
+    async def reauthenticate(self, conn: Conn, principal: Principal) -> int:
+        """Same-sub re-authentication: new expiry, held events delivered in order.
+        Returns how many held events were dropped at the cap since the last report."""
+        conn.claims, conn.expires_at = principal.claims, principal.exp
+        self._schedule(conn)
+        if conn.held and not conn.holding:  # parked events arrived with this admission
+            self._realtime.start_holding(conn)
+        await self._realtime.release(conn)
+        dropped, conn.dropped = conn.dropped, 0
+        return dropped
+
+    async def disconnect_user(self, sub: str, *, revoke: bool) -> int:
+        """The disconnect API: close every socket of ``sub`` on every node (4011),
+        with ``revoke`` also ending every credential issued before now."""
+        closed = await self._store.disconnect_user(sub, now=time.time(), revoke=revoke, ttl=self._user_ttl)
+        reason = "revoked" if revoke else "disconnected"
+        await self._realtime.close_room(f"user:{sub}", 4011, reason)
+        self._metrics.disconnects.labels(reason).inc(closed)
+        logger.info("disconnect API: sub=%s closed=%d reason=%s", sub, closed, reason)
+        return closed
+
+    # -- refresh tokens ------------------------------------------------------------
+
+    async def bind_refresh(self, conn: Conn, issued: IssuedRefresh) -> None:
+        """Bind ``conn`` to ``issued``'s family, push the token, and plan its successor."""
+        if conn.family != issued.family:
+            conn.family = issued.family
+            await self._realtime.sio.enter_room(conn.sid, family_room(issued.family))
+        conn.refresh_hash = issued.hash
+        scheduler = self._realtime.scheduler
+        scheduler.cancel(conn.refresh_timer)
+        sid = conn.sid
+        # PROTOCOL §6.5: a new token when the bound one has less than a tenth of its life left.
+        conn.refresh_timer = scheduler.at(issued.expires_at - self._refresh.ttl / 10, lambda: self._renew(sid))
+        payload = {"refreshToken": issued.token, "expiresAt": iso_z(issued.expires_at)}
+        await self._realtime.emit_local(conn.sid, "refresh_token", payload)
+
+    async def issue_refresh(self, conn: Conn, principal: Principal) -> None:
+        """After a socket's first authentication: a new family (PROTOCOL §6.5)."""
+        if not self._config.refresh_tokens or conn.family is not None:
+            return
+        try:
+            issued = await self._refresh.start_family(principal)
+        except GatewayError:
+            logger.warning("no refresh token for sid=%s: store unavailable", conn.sid)
+            return
+        if conn.sid in self._realtime.conns:
+            await self.bind_refresh(conn, issued)
+
+    async def _renew(self, sid: str) -> None:
+        conn = self._realtime.conns.get(sid)
+        if conn is None or conn.refresh_hash is None:
+            return
+        try:
+            rotated = await self._refresh.rotate_hash(conn.refresh_hash)
+        except GatewayError as exc:
+            logger.info("could not renew the refresh token of sid=%s: %s", sid, exc.reason)
+            return
+        await self.bind_refresh(conn, rotated.issued)

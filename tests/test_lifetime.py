@@ -1,0 +1,310 @@
+"""Auth lifetime (PROTOCOL §3 auth_expiring, reauth_required, refresh_token, refresh,
+closing 4010/4011, "Refresh tokens"; §2 disconnect API; §6.5, §6.7, §6.8)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from gateway import keys
+from tests.conftest import Gateway, MakeGateway
+from tests.support import ROOT, Probe, http_json
+
+
+async def call(probe: Probe, event: str, data: Any = None, timeout: float = 5) -> Any:
+    return await probe.client.call(event, data, timeout=timeout)
+
+
+async def token_socket(gateway: Gateway, probes: Callable[[], Probe], sub: str = "alice", ttl: float = 600) -> Probe:
+    probe = probes()
+    assert await probe.connect(gateway.url, auth={"token": gateway.mint(sub, ttl=ttl)})
+    await probe.wait_for("authenticated")
+    return probe
+
+
+async def publish(gateway: Gateway, room: str, event: str, data: Any) -> None:
+    status, body, _ = await http_json(
+        "POST",
+        f"{gateway.url}/api/publish",
+        token=gateway.config.admin_token,
+        json={"room": room, "event": event, "data": data},
+    )
+    assert status == 202, body
+
+
+def seqs(probe: Probe, event: str = "tick") -> list[int]:
+    return [data["seq"] for data in probe.named(event)]
+
+
+# -- expiry --------------------------------------------------------------------
+
+
+async def test_on_expiry_close(make_gateway: MakeGateway, probes: Callable[[], Probe]) -> None:
+    gateway = await make_gateway(on_expiry="close", expiry_warning=1, refresh_tokens=False)
+    probe = await token_socket(gateway, probes, ttl=2)
+    warning = await probe.wait_for("auth_expiring", timeout=3)
+    assert warning["expiresAt"] == (await probe.wait_for("authenticated"))["expiresAt"]
+    assert warning["in"] in (0, 1, 2)
+    assert await probe.wait_for("closing", timeout=4) == {"code": 4010, "reason": "auth_expired"}
+    await asyncio.wait_for(probe.disconnected.wait(), 5)
+
+
+async def test_on_expiry_ignore(make_gateway: MakeGateway, probes: Callable[[], Probe]) -> None:
+    gateway = await make_gateway(on_expiry="ignore", expiry_warning=1, refresh_tokens=False)
+    probe = await token_socket(gateway, probes, ttl=1)
+    await asyncio.sleep(2.0)
+    assert probe.client.connected
+    assert not probe.named("auth_expiring") and not probe.named("reauth_required") and not probe.named("closing")
+    await publish(gateway, "user:alice", "tick", {"seq": 1})
+    assert (await probe.wait_for("tick"))["seq"] == 1
+
+
+async def test_reauth_holds_events_in_order_and_delivers_them(
+    make_gateway: MakeGateway, probes: Callable[[], Probe]
+) -> None:
+    gateway = await make_gateway(on_expiry="reauth", expiry_warning=1, reauth_grace=5, refresh_tokens=False)
+    probe = await token_socket(gateway, probes, ttl=2)
+    await probe.wait_for("auth_expiring", timeout=3)
+    required = await probe.wait_for("reauth_required", timeout=3)
+    assert required["deadline"].endswith("Z")
+    for seq in range(1, 6):
+        await publish(gateway, "user:alice", "tick", {"seq": seq})
+    await asyncio.sleep(0.3)
+    assert seqs(probe) == []  # held, not delivered
+    ack = await call(probe, "authenticate", {"token": gateway.mint("alice", ttl=600)})
+    assert ack["ok"] is True and ack["sub"] == "alice" and "dropped" not in ack
+    await probe.wait_for("tick", count=5)
+    await publish(gateway, "user:alice", "tick", {"seq": 6})
+    await probe.wait_for("tick", count=6)
+    assert seqs(probe) == [1, 2, 3, 4, 5, 6]
+    assert not probe.named("closing")
+
+
+async def test_reauth_with_another_sub_is_refused_and_closed(
+    make_gateway: MakeGateway, probes: Callable[[], Probe]
+) -> None:
+    gateway = await make_gateway(on_expiry="reauth", expiry_warning=0, reauth_grace=5, refresh_tokens=False)
+    probe = await token_socket(gateway, probes, ttl=1)
+    await probe.wait_for("reauth_required", timeout=3)
+    ack = await call(probe, "authenticate", {"token": gateway.mint("mallory")})
+    assert ack == {"ok": False, "error": {"code": 4001, "reason": "invalid_token"}}
+    assert await probe.wait_for("closing") == {"code": 4001, "reason": "invalid_token"}
+
+
+async def test_held_events_over_the_cap_are_dropped_and_reported(
+    make_gateway: MakeGateway, probes: Callable[[], Probe]
+) -> None:
+    gateway = await make_gateway(
+        on_expiry="reauth", expiry_warning=0, reauth_grace=5, max_held_events=3, refresh_tokens=False
+    )
+    probe = await token_socket(gateway, probes, ttl=1)
+    await probe.wait_for("reauth_required", timeout=3)
+    for seq in range(1, 6):
+        await publish(gateway, "user:alice", "tick", {"seq": seq})
+    ack = await call(probe, "authenticate", {"token": gateway.mint("alice")})
+    assert ack["ok"] is True and ack["dropped"] == 2
+    await probe.wait_for("tick", count=3)
+    assert seqs(probe) == [3, 4, 5]
+    _, metrics, _ = await http_json("GET", f"{gateway.url}/metrics")
+    assert "ticketgate_held_events_dropped_total 2.0" in metrics
+
+
+async def test_grace_over_closes_4010_and_the_next_socket_gets_the_held_events_first(
+    make_gateway: MakeGateway, probes: Callable[[], Probe]
+) -> None:
+    gateway = await make_gateway(on_expiry="reauth", expiry_warning=0, reauth_grace=1, refresh_tokens=False)
+    probe = await token_socket(gateway, probes, ttl=1)
+    await probe.wait_for("reauth_required", timeout=3)
+    for seq in range(1, 4):
+        await publish(gateway, "user:alice", "tick", {"seq": seq})
+    assert await probe.wait_for("closing", timeout=3) == {"code": 4010, "reason": "auth_expired"}
+    assert seqs(probe) == []
+    nxt = probes()
+    assert await nxt.connect(gateway.url, auth={"ticket": await gateway.ticket("alice")})
+    await publish(gateway, "user:alice", "tick", {"seq": 4})
+    await nxt.wait_for("tick", count=4)
+    assert seqs(nxt) == [1, 2, 3, 4]
+    # Delivered once: a further socket of the user gets nothing old.
+    later = await token_socket(gateway, probes)
+    await asyncio.sleep(0.3)
+    assert seqs(later) == []
+
+
+async def test_reauth_before_expiry_extends_the_socket(make_gateway: MakeGateway, probes: Callable[[], Probe]) -> None:
+    gateway = await make_gateway(on_expiry="close", expiry_warning=0, refresh_tokens=False)
+    probe = await token_socket(gateway, probes, ttl=2)
+    ack = await call(probe, "authenticate", {"token": gateway.mint("alice", ttl=600)})
+    assert ack["ok"] is True
+    await asyncio.sleep(2.8)
+    assert probe.client.connected and not probe.named("closing")
+
+
+# -- refresh tokens ------------------------------------------------------------------
+
+
+async def test_refresh_token_after_authentication_and_rotation(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    probe = await token_socket(gateway, probes)
+    first = await probe.wait_for("refresh_token")
+    assert len(first["refreshToken"]) >= 43 and first["expiresAt"].endswith("Z")
+    ack = await call(probe, "refresh", {"refreshToken": first["refreshToken"]})
+    assert ack["ok"] is True and ack["refreshToken"] != first["refreshToken"] and ack["expiresAt"].endswith("Z")
+    # The successor connects a new socket (rotating again); the rotated one is reuse.
+    other = probes()
+    assert await other.connect(gateway.url, auth={"refreshToken": ack["refreshToken"]})
+    authenticated = await other.wait_for("authenticated")
+    assert authenticated["sub"] == "alice" and authenticated["via"] == "refresh"
+    pushed = await other.wait_for("refresh_token")
+    assert pushed["refreshToken"] not in (first["refreshToken"], ack["refreshToken"])
+
+
+async def test_refresh_reuse_revokes_the_family_and_closes_its_sockets(
+    gateway: Gateway, probes: Callable[[], Probe]
+) -> None:
+    probe = await token_socket(gateway, probes)
+    first = (await probe.wait_for("refresh_token"))["refreshToken"]
+    second = (await call(probe, "refresh", {"refreshToken": first}))["refreshToken"]
+    bystander = await token_socket(gateway, probes)  # same user, another family: unaffected
+    await bystander.wait_for("refresh_token")
+    thief = probes()
+    assert not await thief.connect(gateway.url, auth={"refreshToken": first})
+    assert thief.connect_error["data"] == {"code": 4011, "reason": "refresh_reuse"}
+    assert await probe.wait_for("closing") == {"code": 4011, "reason": "refresh_reuse"}
+    await asyncio.wait_for(probe.disconnected.wait(), 5)
+    # The whole family is revoked: the latest token too.
+    late = probes()
+    assert not await late.connect(gateway.url, auth={"refreshToken": second})
+    assert late.connect_error["data"]["code"] == 4011
+    await asyncio.sleep(0.2)
+    assert bystander.client.connected and not bystander.named("closing")
+
+
+async def test_concurrent_rotations_of_one_token(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    probe = await token_socket(gateway, probes)
+    token = (await probe.wait_for("refresh_token"))["refreshToken"]
+    helpers = [await token_socket(gateway, probes) for _ in range(2)]
+    acks = await asyncio.gather(*(call(h, "refresh", {"refreshToken": token}) for h in helpers))
+    oks = [a for a in acks if a["ok"]]
+    reuse = [a for a in acks if not a["ok"]]
+    assert len(oks) == 1 and reuse == [{"ok": False, "error": {"code": 4011, "reason": "refresh_reuse"}}]
+
+
+async def test_bad_refresh_tokens(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    probe = await token_socket(gateway, probes)
+    for payload, code, reason in [
+        ({"refreshToken": "x" * 43}, 4001, "invalid_token"),
+        ({"refreshToken": "short"}, 4001, "invalid_token"),
+        ({}, 4000, "invalid_request"),
+        ({"refreshToken": 5}, 4000, "invalid_request"),
+    ]:
+        assert await call(probe, "refresh", payload) == {"ok": False, "error": {"code": code, "reason": reason}}
+    refused = probes()
+    assert not await refused.connect(gateway.url, auth={"refreshToken": "y" * 43})
+    assert refused.connect_error["data"] == {"code": 4001, "reason": "invalid_token"}
+
+
+async def test_a_new_refresh_token_is_pushed_before_the_bound_one_expires(
+    make_gateway: MakeGateway, probes: Callable[[], Probe]
+) -> None:
+    gateway = await make_gateway(refresh_ttl=3)
+    probe = await token_socket(gateway, probes)
+    first = await probe.wait_for("refresh_token")
+    second = await probe.wait_for("refresh_token", count=2, timeout=4)  # at 9/10 of 3 s
+    assert second["refreshToken"] != first["refreshToken"]
+    assert (await call(probe, "refresh", {"refreshToken": second["refreshToken"]}))["ok"] is True
+
+
+async def test_refresh_tokens_off(make_gateway: MakeGateway, probes: Callable[[], Probe]) -> None:
+    gateway = await make_gateway(refresh_tokens=False)
+    probe = await token_socket(gateway, probes)
+    await asyncio.sleep(0.3)
+    assert not probe.named("refresh_token")
+
+
+# -- disconnect API ----------------------------------------------------------------------
+
+
+async def test_disconnect_without_revocation(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    token = gateway.mint("alice")
+    sockets = [await token_socket(gateway, probes) for _ in range(2)]
+    other = await token_socket(gateway, probes, "bob")
+    status, body, _ = await http_json(
+        "POST",
+        f"{gateway.url}/api/users/alice/disconnect",
+        token=gateway.config.admin_token,
+        json={"revokeTokens": False},
+    )
+    assert (status, body) == (200, {"disconnected": 2})
+    for probe in sockets:
+        assert await probe.wait_for("closing") == {"code": 4011, "reason": "disconnected"}
+    await asyncio.sleep(0.2)
+    assert other.client.connected
+    again = probes()
+    assert await again.connect(gateway.url, auth={"token": token})  # tokens still work
+
+
+async def test_disconnect_with_revocation(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    old = gateway.mint("alice")
+    probe = await token_socket(gateway, probes)
+    refresh = (await probe.wait_for("refresh_token"))["refreshToken"]
+    pending = probes()
+    assert await pending.connect(gateway.url)
+    status, body, _ = await http_json(
+        "POST",
+        f"{gateway.url}/api/users/alice/disconnect",
+        token=gateway.config.admin_token,
+        json={"revokeTokens": True},
+    )
+    assert (status, body) == (200, {"disconnected": 1})
+    assert await probe.wait_for("closing") == {"code": 4011, "reason": "revoked"}
+    refused = probes()
+    assert not await refused.connect(gateway.url, auth={"token": old})
+    assert refused.connect_error["data"] == {"code": 4011, "reason": "revoked"}
+    status, body, _ = await http_json("POST", f"{gateway.url}/ws/ticket", token=old)
+    assert status == 401 and body["error"]["code"] == "revoked"
+    assert await call(pending, "authenticate", {"token": old}) == {
+        "ok": False,
+        "error": {"code": 4011, "reason": "revoked"},
+    }
+    by_refresh = probes()
+    assert not await by_refresh.connect(gateway.url, auth={"refreshToken": refresh})
+    assert by_refresh.connect_error["data"] == {"code": 4011, "reason": "revoked"}
+    # A token issued after the revocation works everywhere.
+    fresh = probes()
+    assert await fresh.connect(gateway.url, auth={"ticket": await gateway.ticket("alice")})
+
+
+async def test_disconnect_api_validation(gateway: Gateway) -> None:
+    url = f"{gateway.url}/api/users/alice/disconnect"
+    status, body, _ = await http_json("POST", url, json={"revokeTokens": True})
+    assert status == 401
+    status, body, _ = await http_json("POST", url, token=gateway.config.admin_token, json={"revokeTokens": "maybe"})
+    assert status == 400 and "revokeTokens" in body["error"]["message"]
+    status, body, _ = await http_json("POST", url, token=gateway.config.admin_token, json={"revoke": True})
+    assert status == 400 and "revoke" in body["error"]["message"]
+
+
+async def test_live_registry_is_kept_in_the_store(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    sockets = [await token_socket(gateway, probes, "zoe") for _ in range(3)]
+    await sockets[0].close()
+    await asyncio.sleep(0.3)
+    closed = await gateway.app[keys.lifetime].disconnect_user("zoe", revoke=False)
+    assert closed == 2
+
+
+async def test_timers_cost_no_task_per_socket(make_gateway: MakeGateway, probes: Callable[[], Probe]) -> None:
+    """Expiry, warning and refresh timers are loop handles: while 20 sockets sit idle
+    with their timers armed, no task is running or sleeping in gateway code."""
+    gateway = await make_gateway(on_expiry="reauth", refresh_tokens=True)
+    for i in range(20):
+        probe = await token_socket(gateway, probes, f"user{i}")
+        await probe.wait_for("refresh_token")
+    await asyncio.sleep(0.2)
+    assert gateway.app[keys.realtime].scheduler.pending >= 20 * 3  # warning, expiry, refresh
+    roots = (str(ROOT / "gateway"), str(ROOT / "handlers"))
+    ours = [
+        t
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "cr_code", None) is not None and t.get_coro().cr_code.co_filename.startswith(roots)
+    ]
+    assert ours == []
