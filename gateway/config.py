@@ -52,6 +52,9 @@ class Config:
     secret: bytes | None = None  # decoded HMAC secret
     admin_token: str | None = None
     allowed_origins: tuple[str, ...] = ()
+    # Rooms any authenticated socket may join, beside those its `rooms` claim
+    # allows (glob patterns over room:<name>); --demo defaults it to room:demo-*.
+    public_rooms: tuple[str, ...] = ()
     ticket_ttl: float = 30
     session_ttl: float = 60
     access_token_ttl: float = 3600
@@ -114,6 +117,7 @@ class ConfigSchema(Schema):
     secret = fields.String(allow_none=True)
     admin_token = fields.String(allow_none=True, validate=validate.Length(min=16))
     allowed_origins = fields.List(fields.String())
+    public_rooms = fields.List(fields.String(validate=validate.Regexp(r"^room:\S+$", error="must be room:<pattern>")))
     ticket_ttl = fields.Float(validate=_positive)
     session_ttl = fields.Float(validate=_positive)
     access_token_ttl = fields.Float(validate=_positive)
@@ -152,7 +156,7 @@ class ConfigSchema(Schema):
             data["signing_key"] = _load_signing_key(data["signing_key"])
         if data.get("secret") is not None:
             data["secret"] = _decode_secret(data["secret"])
-        for name in ("allowed_origins", "issuers"):
+        for name in ("allowed_origins", "issuers", "public_rooms"):
             if name in data:
                 data[name] = tuple(data[name])
         return data
@@ -197,7 +201,7 @@ def _read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-_LIST_SETTINGS = {"allowed_origins", "issuers"}
+_LIST_SETTINGS = {"allowed_origins", "issuers", "public_rooms"}
 
 
 def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -269,6 +273,8 @@ def load_config(
     if data.get("secret") is None:
         data["secret"] = secrets.token_bytes(MIN_SECRET_BYTES)
         generated.add("secret")
+    if data.get("demo") and "public_rooms" not in data:
+        data["public_rooms"] = ("room:demo-*",)
     if data.get("demo") and data.get("admin_token") is None:
         data["admin_token"] = secrets.token_urlsafe(24)
         generated.add("admin_token")

@@ -18,12 +18,12 @@ UPSTREAM_KEY = "upstream"  # tg:upstream
 UPSTREAM_TTL = 7 * 86400  # an idle stream (and its consumer groups) goes after a week
 
 
-def may_join(claims: Mapping[str, Any], room: str) -> bool:
-    """The ``rooms`` claim: glob patterns over ``room:<name>`` (e.g. ``room:team-*``)."""
+def may_join(claims: Mapping[str, Any], room: str, public: tuple[str, ...] = ()) -> bool:
+    """The ``rooms`` claim: glob patterns over ``room:<name>`` (e.g. ``room:team-*``),
+    plus the configured ``public_rooms``."""
     patterns = claims.get("rooms")
-    if not isinstance(patterns, list):
-        return False
-    return any(isinstance(p, str) and fnmatch.fnmatchcase(room, p) for p in patterns)
+    allowed = [*public, *(patterns if isinstance(patterns, list) else [])]
+    return any(isinstance(p, str) and fnmatch.fnmatchcase(room, p) for p in allowed)
 
 
 class MessageService:

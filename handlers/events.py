@@ -350,7 +350,7 @@ class SocketHandlers:
 
     async def _join(self, conn: Conn, payload: dict[str, Any]) -> Ack:
         room = payload["room"]
-        if not may_join(conn.claims, room):
+        if not may_join(conn.claims, room, self._config.public_rooms):
             raise Forbidden("the rooms claim does not allow this room")
         await self._realtime.sio.enter_room(conn.sid, room)
         return {"ok": True, "room": room}

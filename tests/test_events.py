@@ -270,3 +270,12 @@ async def test_messages_keep_their_order(gateway: Gateway, probes: Callable[[], 
     assert [m["data"] for m in receiver.named("message")] == list(range(30))
     entries = await gateway.app[keys.store].read_stream(UPSTREAM_KEY)
     assert [json.loads(f["data"]) for _, f in entries] == list(range(30))
+
+
+async def test_public_rooms(make_gateway: MakeGateway, probes: Callable[[], Probe]) -> None:
+    gateway = await make_gateway(public_rooms=["room:open-*"])
+    probe = await connected(gateway, probes)  # no rooms claim
+    assert (await call(probe, "join", {"room": "room:open-1"}))["ok"] is True
+    assert (await call(probe, "join", {"room": "room:closed"}))["error"]["code"] == 4003
+    demo = await make_gateway(demo=True)
+    assert demo.config.public_rooms == ("room:demo-*",)
