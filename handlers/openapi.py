@@ -90,4 +90,54 @@ def build_openapi(*, version: str) -> dict[str, Any]:
             }
         },
     )
+    spec.path(
+        "/auth/devices",
+        operations={
+            "post": {
+                "summary": "Enroll a device (admin token; open with --demo)",
+                "security": bearer,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": "EnrollRequest"}}},
+                "responses": {"201": _json("EnrollResponse", "enrolled"), "400": _ERRORS, "401": _ERRORS},
+            }
+        },
+    )
+    spec.path(
+        "/auth/initiate",
+        operations={
+            "post": {
+                "summary": "Start a device-approval session (201 for unknown users too)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": "InitiateRequest"}}},
+                "responses": {"201": _json("InitiateResponse", "session created"), "400": _ERRORS, "503": _ERRORS},
+            }
+        },
+    )
+    spec.path(
+        "/auth/verify",
+        operations={
+            "post": {
+                "summary": "The device approves with OTP and ECDSA signature",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": "VerifyRequest"}}},
+                "responses": {
+                    "200": _json("VerifyResponse", "approved"),
+                    "400": _ERRORS,
+                    "401": _ERRORS,
+                    "404": _ERRORS,
+                    "409": _ERRORS,
+                    "429": _ERRORS,
+                },
+            }
+        },
+    )
+    spec.path(
+        "/api/users/{sub}/disconnect",
+        operations={
+            "post": {
+                "summary": "Close every socket of a user on every node; optionally revoke their tokens",
+                "security": bearer,
+                "parameters": [{"name": "sub", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": "DisconnectRequest"}}},
+                "responses": {"200": _json("DisconnectResponse", "sockets closed"), "400": _ERRORS, "401": _ERRORS},
+            }
+        },
+    )
     return spec.to_dict()
