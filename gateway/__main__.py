@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import keys
 from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.auth.tokens import TokenService
 from gateway.config import Config, encode_secret, generate_signing_key, load_config
@@ -111,6 +112,13 @@ async def serve(config: Config) -> None:
         await stop.wait()
     finally:
         logger.info("stopping")
+        # Drain first, while the server still listens and reads: aiohttp's
+        # on_shutdown hook (going_away again, then a no-op) runs only after it
+        # stopped reading every connection, too late for a WebSocket client to
+        # complete the close handshake, so each one stalled the exit for the
+        # whole shutdown_timeout. Meanwhile a new connect is refused (4503).
+        closed = await runner.app[keys.realtime].going_away()
+        logger.info("drained: sent closing 1001 to %d sockets", closed)
         await runner.cleanup()
 
 

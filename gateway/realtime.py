@@ -244,15 +244,31 @@ class Realtime:
         raws = [raw for room in self.raw.values() for raw in room.values()]
         for raw in raws:
             await raw.close(1001, "going_away")
-        if self.sio.eio.sockets:  # engineio's disconnect() fails on an empty set
-            try:
-                # Bounded: engineio waits for each socket's send queue to drain,
-                # which never happens for a transport whose writer already died.
-                async with asyncio.timeout(DRAIN_TIMEOUT):
-                    await self.sio.eio.disconnect()
-            except TimeoutError:
-                logger.warning("some transports did not close within %ss; dropping them", DRAIN_TIMEOUT)
+        await self._drop_transports()
         return len(sids) + len(raws)
+
+    async def _drop_transports(self) -> None:
+        """Close every Engine.IO session (the client sees its transport close,
+        and reconnects), then give WebSocket clients up to DRAIN_TIMEOUT to
+        complete the close.
+
+        Not engine.io's ``disconnect()``: it waits for each session's queue to
+        drain, and a long-polling client can never fetch the CLOSE packet of a
+        session already marked closed (its next poll gets a 400), so every
+        polling client held the drain for the whole timeout.
+        """
+        eio = self.sio.eio
+        for eio_socket in list(eio.sockets.values()):
+            await eio_socket.close(wait=False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT
+        # A WebSocket session leaves eio.sockets once its handler returns,
+        # i.e. once the client has closed its end.
+        while any(s.upgraded for s in eio.sockets.values()):
+            if loop.time() >= deadline:
+                logger.warning("some WebSocket clients did not close within %ss", DRAIN_TIMEOUT)
+                break
+            await asyncio.sleep(0.02)
 
     # -- holding ---------------------------------------------------------------
 

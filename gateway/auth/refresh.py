@@ -74,9 +74,11 @@ class RefreshService:
         now = time.time()
         family = secrets.token_urlsafe(12)
         token = secrets.token_urlsafe(_TOKEN_BYTES)
-        await self._store.create_record(f"family:{family}", {"sub": principal.sub, "status": "active"}, ttl=self.ttl)
         record = self._record(sub=principal.sub, family=family, claims=principal.claims, now=now)
-        await self._store.create_record(f"refresh:{token_hash(token)}", record, ttl=self.ttl)
+        family_record = {"sub": principal.sub, "status": "active"}
+        await self._store.create_records(
+            {f"family:{family}": family_record, f"refresh:{token_hash(token)}": record}, ttl=self.ttl
+        )
         return IssuedRefresh(token=token, hash=token_hash(token), family=family, expires_at=now + self.ttl)
 
     async def rotate(self, token: object) -> Rotated:

@@ -56,9 +56,13 @@ class Store(abc.ABC):
     # The atomic operations below follow two conventions: a record's
     # "status" starts as "pending", and "attempts" counts failures.
 
-    @abc.abstractmethod
     async def create_record(self, key: str, fields: Mapping[str, str], *, ttl: float) -> None:
         """Create (or replace) a record living ``ttl`` seconds."""
+        await self.create_records({key: fields}, ttl=ttl)
+
+    @abc.abstractmethod
+    async def create_records(self, records: Mapping[str, Mapping[str, str]], *, ttl: float) -> None:
+        """Create (or replace) several records at once (one round trip), each living ``ttl``."""
 
     @abc.abstractmethod
     async def get_record(self, key: str) -> dict[str, str] | None:

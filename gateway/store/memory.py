@@ -78,8 +78,9 @@ class MemoryStore(Store):
         self._data.pop(PREFIX + key, None)
         return value if isinstance(value, str) else None
 
-    async def create_record(self, key: str, fields: Mapping[str, str], *, ttl: float) -> None:
-        self._set(key, dict(fields), ttl)
+    async def create_records(self, records: Mapping[str, Mapping[str, str]], *, ttl: float) -> None:
+        for key, fields in records.items():
+            self._set(key, dict(fields), ttl)
 
     async def get_record(self, key: str) -> dict[str, str] | None:
         record = self._record(key)

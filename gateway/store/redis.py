@@ -172,12 +172,13 @@ class RedisStore(Store):
         # GETDEL (Redis >= 6.2) is atomic: one of N concurrent takers wins.
         return _text(await self._call(lambda: self._redis.getdel(PREFIX + key)))
 
-    async def create_record(self, key: str, fields: Mapping[str, str], *, ttl: float) -> None:
+    async def create_records(self, records: Mapping[str, Mapping[str, str]], *, ttl: float) -> None:
         async def op() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(PREFIX + key)
-                pipe.hset(PREFIX + key, mapping=cast(Any, dict(fields)))
-                pipe.pexpire(PREFIX + key, _ms(ttl))
+                for key, fields in records.items():
+                    pipe.delete(PREFIX + key)
+                    pipe.hset(PREFIX + key, mapping=cast(Any, dict(fields)))
+                    pipe.pexpire(PREFIX + key, _ms(ttl))
                 await pipe.execute()
 
         await self._call(op)

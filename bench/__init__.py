@@ -1,0 +1,1 @@
+"""Hand-run benchmarks (`make bench`); never part of the test suite."""
