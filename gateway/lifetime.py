@@ -81,6 +81,14 @@ class Lifetime:
             raise Revoked("this user's tokens were revoked")
         return admission.parked
 
+    async def undo_admit(self, sid: str, sub: str, parked: list[str]) -> None:
+        """Take back an admission that is refused after the fact: the user's parked
+        events go back (in order, ahead of newer ones is not guaranteed) and the
+        socket leaves their registry."""
+        if parked:
+            await self._store.park(sub, parked, cap=self._config.max_held_events, ttl=self._config.refresh_ttl)
+        await self._store.forget_socket(sub, sid)
+
     async def start(self, conn: Conn, principal: Principal, *, parked: list[str]) -> None:
         """Bind an admitted socket to its user: room, timers, parked events first."""
         conn.sub, conn.claims, conn.expires_at = principal.sub, principal.claims, principal.exp

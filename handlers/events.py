@@ -323,23 +323,32 @@ class SocketHandlers:
         if conn.pending:
             principal = await self._admit_user(conn, payload)
             return {"ok": True, "sub": principal.sub, "expiresAt": iso_z(principal.exp)}
-        # Re-authentication of a live socket (before or after its expiry).
+        # Re-authentication of a live socket (before or after its expiry). The sub
+        # is compared before anything of the other user is touched; a ticket's sub
+        # is known only once consumed, so that admission is undone.
         if kinds[0] == "ticket":
             principal, parked = await self._lifetime.admit_ticket(conn.sid, payload["ticket"])
+            if principal.sub != conn.sub:
+                await self._lifetime.undo_admit(conn.sid, principal.sub, parked)
+                self._refuse_other_sub(conn)
         else:
             principal = await self._tokens.verify(payload["token"])
+            if principal.sub != conn.sub:
+                self._refuse_other_sub(conn)
             parked = await self._lifetime.admit(conn.sid, principal)
-        if principal.sub != conn.sub:  # PROTOCOL §6.8
-            logger.info("closing sid=%s reason=invalid_token (re-authentication as another sub)", conn.sid)
-            sid = conn.sid
-            self._realtime.scheduler.soon(lambda: self._realtime.close(sid, 4001, "invalid_token"))
-            raise InvalidToken("re-authentication must keep the same sub")
         conn.held[:0] = [(event, data) for event, data in map(json.loads, parked)]
         dropped = await self._lifetime.reauthenticate(conn, principal)
         ack: Ack = {"ok": True, "sub": principal.sub, "expiresAt": iso_z(principal.exp)}
         if dropped:
             ack["dropped"] = dropped
         return ack
+
+    def _refuse_other_sub(self, conn: Conn) -> None:
+        """PROTOCOL §6.8: ack invalid_token, then (after the ack) closing 4001."""
+        logger.info("closing sid=%s reason=invalid_token (re-authentication as another sub)", conn.sid)
+        sid = conn.sid
+        self._realtime.scheduler.soon(lambda: self._realtime.close(sid, 4001, "invalid_token"))
+        raise InvalidToken("re-authentication must keep the same sub")
 
     async def _refresh_event(self, conn: Conn, payload: dict[str, Any]) -> Ack:
         rotated = await self._refresh.rotate(payload["refreshToken"])

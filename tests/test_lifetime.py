@@ -308,3 +308,20 @@ async def test_timers_cost_no_task_per_socket(make_gateway: MakeGateway, probes:
         if getattr(t.get_coro(), "cr_code", None) is not None and t.get_coro().cr_code.co_filename.startswith(roots)
     ]
     assert ours == []
+
+
+async def test_reauth_as_another_user_leaves_that_users_parked_events_alone(
+    make_gateway: MakeGateway, probes: Callable[[], Probe]
+) -> None:
+    gateway = await make_gateway(on_expiry="reauth", expiry_warning=0, reauth_grace=0.5, refresh_tokens=False)
+    bob = await token_socket(gateway, probes, "bob", ttl=1)
+    await bob.wait_for("reauth_required", timeout=3)
+    await publish(gateway, "user:bob", "tick", {"seq": 1})
+    assert await bob.wait_for("closing", timeout=3) == {"code": 4010, "reason": "auth_expired"}  # parked for bob
+    for credential in ({"token": gateway.mint("bob")}, {"ticket": await gateway.ticket("bob")}):
+        alice = await token_socket(gateway, probes, "alice")  # each refusal closes the socket (§6.8)
+        ack = await call(alice, "authenticate", credential)
+        assert ack == {"ok": False, "error": {"code": 4001, "reason": "invalid_token"}}
+        assert await alice.wait_for("closing") == {"code": 4001, "reason": "invalid_token"}
+    nxt = await token_socket(gateway, probes, "bob")
+    assert (await nxt.wait_for("tick"))["seq"] == 1  # still there for bob
