@@ -117,7 +117,7 @@ class ConfigSchema(Schema):
     secret = fields.String(allow_none=True)
     admin_token = fields.String(allow_none=True, validate=validate.Length(min=16))
     allowed_origins = fields.List(fields.String())
-    public_rooms = fields.List(fields.String(validate=validate.Regexp(r"^room:\S+$", error="must be room:<pattern>")))
+    public_rooms = fields.List(fields.String(validate=validate.Regexp(r"^room:\S+\Z", error="must be room:<pattern>")))
     ticket_ttl = fields.Float(validate=_positive)
     session_ttl = fields.Float(validate=_positive)
     access_token_ttl = fields.Float(validate=_positive)

@@ -111,3 +111,14 @@ class RefreshReuse(Revoked):
     """A rotated refresh token was presented again: its family is revoked."""
 
     reason = "refresh_reuse"
+
+
+class ClosedWhileConnecting(GatewayError):
+    """A close order (replaced, revoked, ...) reached a socket still inside its
+    connect handler, where it cannot be disconnected: the connect is refused
+    with the order's code instead."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"closed while connecting: {reason}")
+        self.close_code = code
+        self.reason = reason

@@ -28,7 +28,7 @@ from gateway.scheduler import Scheduler
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "/"
-ROOM_PATTERN = re.compile(r"^(user|session|room):[^\s]{1,200}$")
+ROOM_PATTERN = re.compile(r"^(user|session|room):[^\s]{1,200}\Z")
 # Event names socket.io-client reserves; emitting them would break clients.
 RESERVED_EVENTS = frozenset(
     {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
@@ -147,6 +147,8 @@ class Conn:
     seq: int = 0  # auth sessions: the connection's number, for "newest wins"
     family: str | None = None  # the refresh-token family this socket is bound to
     refresh_hash: str | None = None  # hash of the bound refresh token
+    connecting: bool = True  # still inside the connect handler: cannot be disconnected yet
+    close_order: tuple[int, str] | None = None  # a close that arrived while connecting
     holding: bool = False  # events for it are kept in `held` (reauth, or parked events first)
     held: list[tuple[str, Any]] = field(default_factory=list)
     dropped: int = 0  # held events dropped at the cap, not yet reported
@@ -230,7 +232,15 @@ class Realtime:
                 await raw.close(code, reason)
 
     async def close(self, sid: str, code: int, reason: str) -> None:
-        """``closing`` then a Socket.IO disconnect (the client will not reconnect by itself)."""
+        """``closing`` then a Socket.IO disconnect (the client will not reconnect by itself).
+
+        python-socketio ignores a disconnect of a socket still in its connect
+        handler; such a socket keeps the order and its connect is refused with it.
+        """
+        conn = self.conns.get(sid)
+        if conn is not None and conn.connecting:
+            conn.close_order = conn.close_order or (code, reason)
+            return
         await self.emit_local(sid, "closing", {"code": code, "reason": reason})
         await self.sio.disconnect(sid, ignore_queue=True)
 

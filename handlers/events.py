@@ -24,6 +24,7 @@ from gateway.config import Config
 from gateway.errors import (
     AmbiguousCredentials,
     AuthError,
+    ClosedWhileConnecting,
     Forbidden,
     GatewayError,
     InvalidRequest,
@@ -84,6 +85,8 @@ def _code(table: Mapping[type[GatewayError], int], exc: GatewayError, default: i
 
 
 def connect_code(exc: GatewayError) -> int:
+    if isinstance(exc, ClosedWhileConnecting):
+        return exc.close_code
     return _code(_CONNECT_CODES, exc, 4001)
 
 
@@ -186,7 +189,12 @@ class SocketHandlers:
                 await self._admit_session(sid, creds["sessionId"], creds["wsToken"])
             else:
                 await self._admit_user(Conn(sid=sid, via=kind, expires_at=0.0), creds)
+            conn = self._realtime.conns[sid]
+            if conn.close_order is not None:
+                raise ClosedWhileConnecting(*conn.close_order)
+            conn.connecting = False
         except GatewayError as exc:
+            await self._abandon(sid)
             code = connect_code(exc)
             self._metrics.connect_attempts.labels("refused", exc.reason).inc()
             logger.info("connect refused sid=%s code=%d reason=%s", sid, code, exc.reason)
@@ -238,6 +246,7 @@ class SocketHandlers:
         conn.timer = self._realtime.scheduler.at(deadline, lambda: self._auth_timeout(sid))
         self._realtime.conns[sid] = conn
         self._metrics.pending_sockets.inc()
+        conn.connecting = False
         logger.info("connect sid=%s pending authenticate", sid)
 
     def _end_pending(self, conn: Conn) -> None:
@@ -262,8 +271,10 @@ class SocketHandlers:
         conn = Conn(sid=sid, via="session", expires_at=opened.expires_at, session_id=session_id, seq=opened.seq)
         await self._realtime.sio.enter_room(sid, session_room(session_id))
         self._realtime.conns[sid] = conn
-        conn.timer = self._realtime.scheduler.at(opened.expires_at, lambda: self._realtime.close(sid, 1000, "expired"))
         self._metrics.connected_sockets.inc()
+        if await self._sessions.superseded(session_id, opened.seq):
+            raise ClosedWhileConnecting(4009, "replaced")
+        conn.timer = self._realtime.scheduler.at(opened.expires_at, lambda: self._realtime.close(sid, 1000, "expired"))
         logger.info("connect sid=%s session via=session", sid)
         expires = iso_z(opened.expires_at)
         authenticated = {"sessionId": session_id, "expiresAt": expires, "via": "session"}
@@ -272,15 +283,20 @@ class SocketHandlers:
         await self._realtime.emit_local(sid, "otp_ready", otp_ready)
 
     async def disconnect(self, sid: str, reason: Any = None) -> None:
+        if await self._abandon(sid):
+            logger.info("disconnect sid=%s", sid)
+
+    async def _abandon(self, sid: str) -> bool:
+        """Release what this node holds for ``sid`` (left, or refused after it was registered)."""
         conn = self._realtime.forget(sid)
         if conn is None:
-            return
+            return False
         if conn.pending:
             self._end_pending(conn)
         else:
             self._metrics.connected_sockets.dec()
             await self._lifetime.stop(conn)
-        logger.info("disconnect sid=%s", sid)
+        return True
 
     # -- client events ------------------------------------------------------------
 

@@ -63,6 +63,10 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
     raw = RawSessionSocket(ws, seq=opened.seq)
     room = session_room(session_id)
     realtime.add_raw(room, raw)
+    if await request.app[keys.sessions].superseded(session_id, opened.seq):  # see SessionService.superseded
+        realtime.remove_raw(room, raw)
+        await ws.close(code=4009, message=b"replaced")
+        return ws
     metrics.connect_attempts.labels("accepted", "raw_session").inc()
     timer = realtime.scheduler.at(opened.expires_at, lambda: raw.close(1000, "expired"))
     logger.info("raw session socket %s connected", raw.id)

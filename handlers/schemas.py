@@ -77,7 +77,7 @@ class PublishResponse(Schema):
 
 
 _ID = validate.Length(min=1, max=200)
-_BASE64URL = validate.Regexp(r"^[A-Za-z0-9_-]+={0,2}$", error="must be base64url")
+_BASE64URL = validate.Regexp(r"^[A-Za-z0-9_-]+={0,2}\Z", error="must be base64url")
 
 
 class EnrollRequest(Schema):
@@ -107,7 +107,7 @@ class InitiateResponse(Schema):
 class VerifyRequest(Schema):
     sessionId = fields.String(required=True, validate=_ID)
     deviceId = fields.String(required=True, validate=_ID)
-    otp = fields.String(required=True, validate=validate.Regexp(r"^[0-9]{6}$", error="must be 6 digits"))
+    otp = fields.String(required=True, validate=validate.Regexp(r"^[0-9]{6}\Z", error="must be 6 digits"))
     signature = fields.String(required=True, validate=[validate.Length(min=1, max=200), _BASE64URL])
 
 
@@ -135,11 +135,11 @@ class AuthenticateEvent(Schema):
 
 
 class RoomEvent(Schema):
-    room = fields.String(required=True, validate=validate.Regexp(r"^room:[^\s]{1,200}$", error="must be room:<name>"))
+    room = fields.String(required=True, validate=validate.Regexp(r"^room:[^\s]{1,200}\Z", error="must be room:<name>"))
 
 
 class MessageEvent(Schema):
-    room = fields.String(required=True, validate=validate.Regexp(r"^room:[^\s]{1,200}$", error="must be room:<name>"))
+    room = fields.String(required=True, validate=validate.Regexp(r"^room:[^\s]{1,200}\Z", error="must be room:<name>"))
     data = fields.Raw(required=True, allow_none=True)
     token = fields.String(validate=validate.Length(min=1))
 

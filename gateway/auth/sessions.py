@@ -194,6 +194,17 @@ class SessionService:
             expires_at=float(record["expiresAt"]),
         )
 
+    async def superseded(self, session_id: str, seq: int) -> bool:
+        """Has a newer connection (or a resolution) overtaken connection ``seq``?
+
+        Checked once the connection is registered on its node: a newer connect
+        then either raised the counter before this read, or publishes its close
+        order after it, which finds this connection registered. So at most the
+        newest of any number of concurrent connections survives, on any node.
+        """
+        record = await self._store.get_record(f"session:{session_id}")
+        return record is None or record["status"] != "pending" or int(record["conn"]) > seq
+
     # -- verification ----------------------------------------------------------
 
     async def verify(self, *, session_id: str, device_id: str, otp: str, signature: str) -> None:

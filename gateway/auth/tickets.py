@@ -20,7 +20,7 @@ from gateway.errors import InvalidTicket, Revoked, TokenExpired
 from gateway.store import Store
 
 _TICKET_BYTES = 32
-_TICKET_SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_TICKET_SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}\Z")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -158,7 +158,7 @@ async def test_a_valid_signature_of_another_session_is_refused(gateway: Gateway)
     assert status == 401 and body["error"]["code"] == "invalid_signature"
 
 
-@pytest.mark.parametrize("otp", ["12345", "1234567", "12a456", "", "\uff11\uff12\uff13\uff14\uff15\uff16"])
+@pytest.mark.parametrize("otp", ["12345", "1234567", "12a456", "", "123456\n", "\uff11\uff12\uff13\uff14\uff15\uff16"])
 async def test_malformed_otp_is_bad_input_and_costs_no_attempt(gateway: Gateway, otp: str) -> None:
     device = await enrolled(gateway)
     session = await initiate(gateway.url, "alice")
@@ -430,3 +430,20 @@ async def test_raw_endpoint_expiry(make_gateway: MakeGateway) -> None:
         assert [f["type"] for f in frames] == ["otp_ready"] and code == 1000
     finally:
         await http.close()
+
+
+async def test_concurrent_connects_leave_exactly_the_newest(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    session = await initiate(gateway.url, "alice")
+    clients = [probes() for _ in range(8)]
+    auth = {"sessionId": session["sessionId"], "wsToken": session["wsToken"]}
+    results = await asyncio.gather(*(c.connect(gateway.url, auth=auth) for c in clients))
+    await asyncio.sleep(0.5)
+    alive = [c for c in clients if c.client.connected]
+    assert len(alive) == 1
+    for client, connected in zip(clients, results, strict=True):
+        if client is alive[0]:
+            continue
+        if connected:  # closed after connecting, once
+            assert client.named("closing") == [{"code": 4009, "reason": "replaced"}]
+        else:  # or refused while connecting
+            assert client.connect_error["data"] == {"code": 4009, "reason": "replaced"}
