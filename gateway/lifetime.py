@@ -89,6 +89,11 @@ class Lifetime:
             await self._store.park(sub, parked, cap=self._config.max_held_events, ttl=self._config.refresh_ttl)
         await self._store.forget_socket(sub, sid)
 
+    async def check_not_revoked(self, principal: Principal) -> None:
+        """For credentials checked outside admission (per-message tokens)."""
+        if await self._store.is_revoked(principal.sub, principal.iat):
+            raise Revoked("this token was revoked")
+
     async def start(self, conn: Conn, principal: Principal, *, parked: list[str]) -> None:
         """Bind an admitted socket to its user: room, timers, parked events first."""
         conn.sub, conn.claims, conn.expires_at = principal.sub, principal.claims, principal.exp
@@ -100,9 +105,11 @@ class Lifetime:
         await self._realtime.release(conn)
 
     async def stop(self, conn: Conn) -> None:
-        """A socket left: cancel its timers and drop it from the live registry."""
+        """A socket left: cancel its timers, park what it was holding (a page
+        reloaded instead of re-authenticating), drop it from the live registry."""
         for handle in (conn.timer, conn.warn_timer, conn.refresh_timer):
             self._realtime.scheduler.cancel(handle)
+        await self._park(conn)
         if conn.sub is not None:
             try:
                 await self._store.forget_socket(conn.sub, conn.sid)
@@ -148,20 +155,24 @@ class Lifetime:
         conn = self._realtime.conns.get(sid)
         if conn is None or not conn.holding or conn.sub is None:
             return
-        held, conn.held = conn.held, []
-        if held:
-            # Park first: the user's next socket, on any node, gets them in order.
-            items = [json.dumps([event, data]) for event, data in held]
-            try:
-                cap, ttl = self._config.max_held_events, self._config.refresh_ttl
-                dropped = await self._store.park(conn.sub, items, cap=cap, ttl=ttl)
-            except GatewayError:
-                dropped = len(items)
-                logger.error("store down: %d held events of sid=%s could not be parked", dropped, sid)
-            if dropped:
-                self._metrics.held_events_dropped.inc(dropped)
+        await self._park(conn)
         logger.info("closing sid=%s reason=auth_expired (no re-authentication)", sid)
         await self._realtime.close(sid, 4010, "auth_expired")
+
+    async def _park(self, conn: Conn) -> None:
+        """Hand a socket's held events to the user's next socket, on any node, in order."""
+        held, conn.held = conn.held, []
+        if not held or conn.sub is None:
+            return
+        items = [json.dumps([event, data]) for event, data in held]
+        try:
+            cap, ttl = self._config.max_held_events, self._config.refresh_ttl
+            dropped = await self._store.park(conn.sub, items, cap=cap, ttl=ttl)
+        except GatewayError:
+            dropped = len(items)
+            logger.error("store down: %d held events of sid=%s could not be parked", dropped, conn.sid)
+        if dropped:
+            self._metrics.held_events_dropped.inc(dropped)
 
     async def reauthenticate(self, conn: Conn, principal: Principal) -> int:
         """Same-sub re-authentication: new expiry, held events delivered in order.
@@ -217,8 +228,11 @@ class Lifetime:
         if conn is None or conn.refresh_hash is None:
             return
         try:
-            rotated = await self._refresh.rotate_hash(conn.refresh_hash)
+            rotated = await self._refresh.rotate_hash(conn.refresh_hash, renewal=True)
         except GatewayError as exc:
             logger.info("could not renew the refresh token of sid=%s: %s", sid, exc.reason)
+            return
+        if rotated is None:
+            logger.info("refresh token of sid=%s was rotated by its client: nothing to renew", sid)
             return
         await self.bind_refresh(conn, rotated.issued)

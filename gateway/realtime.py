@@ -13,9 +13,11 @@ channel, so any write-only manager (``gateway.emitter``) can publish too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -85,17 +87,93 @@ class LocalFanout(socketio.AsyncManager):  # type: ignore[misc]
             await realtime.deliver_raw(target, event, data)
 
 
+# Local deliveries of an emit that is being published, kept back until the
+# publish has gone out (a context variable: the Redis listener's task, which
+# delivers other nodes' emits, never sees it set).
+_held_back: ContextVar[list[Any] | None] = ContextVar("ticketgate_held_back", default=None)
+LISTEN_RETRY_MAX = 5.0
+
+
 class ClusterManager(socketio.AsyncRedisManager, LocalFanout):  # type: ignore[misc]
-    """AsyncRedisManager whose local deliveries go through LocalFanout, and
-    which reports a failed publish instead of only logging it, so that
-    ``POST /api/publish`` can answer 503 rather than 202 for an event that
-    never left this node."""
+    """AsyncRedisManager whose local deliveries go through LocalFanout, with
+    three changes for a cluster that must not lose or duplicate events:
+
+    * an emit is published to Redis *before* it is delivered on this node, and
+      a failed publish raises StoreUnavailable: the caller (``POST
+      /api/publish`` answers 503) knows the event reached no socket at all, so
+      a retry duplicates nothing;
+    * the listener retries a lost Redis connection with a wait capped at
+      LISTEN_RETRY_MAX (python-socketio's grows to 60 s: a node could stay deaf
+      to the cluster for a minute after Redis returned), closing the old
+      connection first.
+    """
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str | None = None,
+        room: str | None = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("ignore_queue"):
+            await super().emit(
+                event, data, namespace=namespace, room=room, skip_sid=skip_sid, callback=callback, to=to, **kwargs
+            )
+            return
+        held_back: list[Any] = []
+        token = _held_back.set(held_back)
+        try:  # the parent delivers locally (kept back below), then publishes
+            await super().emit(
+                event, data, namespace=namespace, room=room, skip_sid=skip_sid, callback=callback, to=to, **kwargs
+            )
+        finally:
+            _held_back.reset(token)
+        for message in held_back:
+            await super()._handle_emit(message)
+
+    async def _handle_emit(self, message: Any) -> None:
+        held_back = _held_back.get()
+        if held_back is not None:
+            held_back.append(message)
+            return
+        await super()._handle_emit(message)
 
     async def _publish(self, data: Any) -> Any:
         result = await super()._publish(data)
         if result is None:  # the parent gave up after its retry
             raise StoreUnavailable("cannot publish to redis")
         return result
+
+    async def _redis_listen_with_retries(self) -> Any:
+        delay = 0.5
+        subscribed = False
+        while True:
+            try:
+                if not subscribed:
+                    await self._close_connections()
+                    self._redis_connect()
+                    await self.pubsub.subscribe(self.channel)
+                    subscribed = True
+                    delay = 0.5
+                async for message in self.pubsub.listen():
+                    yield message
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("fan-out listener lost Redis (%s); retrying in %.1fs", type(exc).__name__, delay)
+                subscribed = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LISTEN_RETRY_MAX)
+
+    async def _close_connections(self) -> None:
+        for client in (self.pubsub, self.redis):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
 
 
 class OriginPolicy:

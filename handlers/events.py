@@ -392,6 +392,7 @@ class SocketHandlers:
             principal = await self._tokens.verify(token)
             if principal.sub != conn.sub:
                 raise InvalidToken("the message's token is for another sub")
+            await self._lifetime.check_not_revoked(principal)
         if len(json.dumps(data, separators=(",", ":"))) > self._config.max_message_bytes:
             raise PayloadTooLarge(f"data is larger than {self._config.max_message_bytes} bytes")
         if room not in self._realtime.sio.rooms(conn.sid):

@@ -325,3 +325,50 @@ async def test_reauth_as_another_user_leaves_that_users_parked_events_alone(
         assert await alice.wait_for("closing") == {"code": 4001, "reason": "invalid_token"}
     nxt = await token_socket(gateway, probes, "bob")
     assert (await nxt.wait_for("tick"))["seq"] == 1  # still there for bob
+
+
+async def test_a_socket_leaving_during_the_hold_parks_its_events(
+    make_gateway: MakeGateway, probes: Callable[[], Probe]
+) -> None:
+    gateway = await make_gateway(on_expiry="reauth", expiry_warning=0, reauth_grace=30, refresh_tokens=False)
+    first = await token_socket(gateway, probes, ttl=1)
+    await first.wait_for("reauth_required", timeout=3)
+    for seq in (1, 2):
+        await publish(gateway, "user:alice", "tick", {"seq": seq})
+    await first.close()  # a page reload instead of re-authenticating
+    await asyncio.sleep(0.3)
+    nxt = await token_socket(gateway, probes)
+    await publish(gateway, "user:alice", "tick", {"seq": 3})
+    await nxt.wait_for("tick", count=3)
+    assert seqs(nxt) == [1, 2, 3]
+
+
+async def test_renewal_of_a_token_a_client_rotated_is_not_reuse(
+    make_gateway: MakeGateway, probes: Callable[[], Probe]
+) -> None:
+    gateway = await make_gateway(refresh_ttl=3)
+    first_tab = await token_socket(gateway, probes)
+    shared = (await first_tab.wait_for("refresh_token"))["refreshToken"]
+    second_tab = probes()
+    assert await second_tab.connect(gateway.url, auth={"refreshToken": shared})  # a legitimate rotation
+    await asyncio.sleep(3.2)  # both renewal timers (9/10 of refresh_ttl) have fired
+    assert not first_tab.named("closing") and not second_tab.named("closing")
+    assert len(second_tab.named("refresh_token")) >= 2  # the family's newest holder was renewed
+
+
+async def test_a_revoked_token_is_refused_in_a_message(make_gateway: MakeGateway, probes: Callable[[], Probe]) -> None:
+    gateway = await make_gateway(per_message_auth=True, public_rooms=["room:q"])
+    old = gateway.mint("alice")
+    status, _, _ = await http_json(
+        "POST",
+        f"{gateway.url}/api/users/alice/disconnect",
+        token=gateway.config.admin_token,
+        json={"revokeTokens": True},
+    )
+    assert status == 200
+    probe = await token_socket(gateway, probes)
+    assert (await call(probe, "join", {"room": "room:q"}))["ok"]
+    ack = await call(probe, "message", {"room": "room:q", "data": 1, "token": old})
+    assert ack == {"ok": False, "error": {"code": 4011, "reason": "revoked"}}
+    ok = await call(probe, "message", {"room": "room:q", "data": 2, "token": gateway.mint("alice")})
+    assert ok["ok"] is True

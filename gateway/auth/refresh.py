@@ -85,10 +85,14 @@ class RefreshService:
         """Rotate a presented token; raise InvalidToken, Revoked or RefreshReuse."""
         if not isinstance(token, str) or not 16 <= len(token) <= 128:
             raise InvalidToken("malformed refresh token")
-        return await self.rotate_hash(token_hash(token))
+        rotated = await self.rotate_hash(token_hash(token))
+        if rotated is None:  # only a renewal can be stale
+            raise InvalidToken("unknown or expired refresh token")
+        return rotated
 
-    async def rotate_hash(self, old_hash: str) -> Rotated:
-        """Rotate by hash: also used to push a successor before expiry."""
+    async def rotate_hash(self, old_hash: str, *, renewal: bool = False) -> Rotated | None:
+        """Rotate by hash. With ``renewal`` (the gateway pushing a successor before
+        expiry) a token a client already rotated is left alone: None."""
         now = time.time()
         token = secrets.token_urlsafe(_TOKEN_BYTES)
         new_hash = token_hash(token)
@@ -105,7 +109,10 @@ class RefreshService:
             fields=fields,
             ttl=self.ttl,
             revoked_key=f"revoked:{sub}",
+            renewal=renewal,
         )
+        if outcome == "stale":
+            return None
         if outcome == "missing":
             raise InvalidToken("unknown or expired refresh token")
         if outcome == "reuse":

@@ -15,7 +15,7 @@ from typing import Literal
 PREFIX = "tg:"
 
 Attempt = Literal["counted", "missing", "resolved", "exhausted"]
-Rotation = Literal["rotated", "missing", "reuse", "revoked"]
+Rotation = Literal["rotated", "missing", "reuse", "revoked", "stale"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,12 +143,22 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def rotate(
-        self, old_key: str, new_key: str, *, family_key: str, fields: Mapping[str, str], ttl: float, revoked_key: str
+        self,
+        old_key: str,
+        new_key: str,
+        *,
+        family_key: str,
+        fields: Mapping[str, str],
+        ttl: float,
+        revoked_key: str,
+        renewal: bool = False,
     ) -> tuple[Rotation, dict[str, str] | None]:
         """Atomically rotate a refresh token.
 
         "missing": no such token. "reuse": the token was already rotated; the
-        family is marked revoked. "revoked": the family is revoked or the
+        family is marked revoked (with ``renewal``, the gateway's own push of a
+        successor, an already rotated token is "stale" instead and nothing
+        changes: a client rotated it, which is no reuse). "revoked": the family is revoked or the
         token's ``iat`` is before the cut-off at ``revoked_key``. "rotated":
         the old token is marked rotated and ``new_key`` created with ``fields``
         (both and the family live ``ttl``). The old record is returned.

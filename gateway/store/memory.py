@@ -187,12 +187,22 @@ class MemoryStore(Store):
         return dropped
 
     async def rotate(
-        self, old_key: str, new_key: str, *, family_key: str, fields: Mapping[str, str], ttl: float, revoked_key: str
+        self,
+        old_key: str,
+        new_key: str,
+        *,
+        family_key: str,
+        fields: Mapping[str, str],
+        ttl: float,
+        revoked_key: str,
+        renewal: bool = False,
     ) -> tuple[Rotation, dict[str, str] | None]:
         record = self._record(old_key)
         if record is None:
             return "missing", None
         family = self._record(family_key)
+        if record.get("state") != "active" and renewal:
+            return "stale", dict(record)
         if record.get("state") != "active":
             if family is not None:
                 family["status"] = "revoked"

@@ -103,6 +103,7 @@ _ROTATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local record = redis.call('HGETALL', KEYS[1])
 if redis.call('HGET', KEYS[1], 'state') ~= 'active' then
+  if ARGV[2] == '1' then return {'stale', record} end
   if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HSET', KEYS[3], 'status', 'revoked') end
   return {'reuse', record}
 end
@@ -112,7 +113,7 @@ if cutoff and tonumber(redis.call('HGET', KEYS[1], 'iat')) < tonumber(cutoff) th
   return {'revoked', record}
 end
 redis.call('HSET', KEYS[1], 'state', 'rotated')
-redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+redis.call('HSET', KEYS[2], unpack(ARGV, 3))
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[3], ARGV[1])
 return {'rotated', record}
@@ -249,10 +250,18 @@ class RedisStore(Store):
         return int(await self._call(lambda: self._park(keys=[f"{PREFIX}parked:{sub}"], args=args)))
 
     async def rotate(
-        self, old_key: str, new_key: str, *, family_key: str, fields: Mapping[str, str], ttl: float, revoked_key: str
+        self,
+        old_key: str,
+        new_key: str,
+        *,
+        family_key: str,
+        fields: Mapping[str, str],
+        ttl: float,
+        revoked_key: str,
+        renewal: bool = False,
     ) -> tuple[Rotation, dict[str, str] | None]:
         keys = [PREFIX + old_key, PREFIX + new_key, PREFIX + family_key, PREFIX + revoked_key]
-        args: list[Any] = [_ms(ttl)]
+        args: list[Any] = [_ms(ttl), "1" if renewal else "0"]
         for name, value in fields.items():
             args += [name, value]
         result: Any = await self._call(lambda: self._rotate(keys=keys, args=args))
