@@ -287,3 +287,89 @@ def gateway_processes(*procs: GatewayProcess) -> Iterator[tuple[GatewayProcess, 
     finally:
         for proc in procs:
             proc.terminate()
+
+
+async def wait_subscribed(redis_url: str, count: int, *, channel: str = "socketio", timeout: float = 10.0) -> None:
+    """Wait until ``count`` gateways listen on the fan-out channel (Redis PUBSUB NUMSUB):
+    only then is an event published by one node sure to reach the others."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            [(_, subscribers)] = await client.pubsub_numsub(channel)
+            if subscribers >= count:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{subscribers} of {count} gateways subscribed to {channel!r} after {timeout}s")
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
+def metric_value(text: str, name: str) -> float:
+    """The value of an unlabelled sample in Prometheus text format."""
+    for line in text.splitlines():
+        sample, _, value = line.partition(" ")
+        if sample == name:
+            return float(value)
+    raise KeyError(f"no sample {name} in /metrics")
+
+
+class RawSocketIO:
+    """A bare Socket.IO v5 over an Engine.IO v4 WebSocket, driven frame by frame.
+
+    For what a full client hides: the exact frames on the wire, and a client
+    that does not answer the server's close.
+    """
+
+    def __init__(self) -> None:
+        import json  # here, not at the top: http_json's parameter is named json
+
+        self._json = json
+        self.session = aiohttp.ClientSession()
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.events: list[tuple[str, Any]] = []  # every Socket.IO event seen, in order
+
+    async def connect(self, url: str, auth: dict[str, Any]) -> tuple[bool, Any]:
+        """(True, `authenticated` data) or (False, the refusal's data)."""
+        self.ws = await self.session.ws_connect(f"{url}/socket.io/?EIO=4&transport=websocket", autoclose=False)
+        opening = await self.frame()
+        assert opening.startswith("0{"), opening
+        await self.ws.send_str("40" + self._json.dumps(auth))
+        # The connect handler emits `authenticated` before python-socketio sends
+        # the CONNECT ack ("40{...}"); socket.io clients buffer it until then.
+        acked = False
+        while not (acked and self.named("authenticated")):
+            frame = await self.frame()
+            if frame.startswith("44"):
+                return False, self._json.loads(frame[2:])["data"]
+            acked = acked or frame.startswith("40")
+        return True, self.named("authenticated")[0]
+
+    async def until(self, event: str) -> Any:
+        """Read frames up to the next ``event``; its data."""
+        seen = len(self.named(event))
+        while len(self.named(event)) == seen:
+            await self.frame()
+        return self.named(event)[-1]
+
+    def named(self, event: str) -> list[Any]:
+        return [data for name, data in self.events if name == event]
+
+    async def frame(self, timeout: float = 5.0) -> str:
+        """The next text frame (Socket.IO events among them are also recorded)."""
+        assert self.ws is not None
+        message = await self.ws.receive(timeout=timeout)
+        assert message.type == aiohttp.WSMsgType.TEXT, message
+        text = str(message.data)
+        if text.startswith("42"):
+            name, *args = self._json.loads(text[2:])
+            self.events.append((name, args[0] if args else None))
+        return text
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        await self.session.close()

@@ -1,0 +1,137 @@
+"""PROTOCOL §5 with two real `python -m gateway serve` processes on one redis-server:
+tickets and tokens work across nodes, a ticket is consumed once cluster-wide,
+and a publish on one node reaches sockets on the other."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.cluster.conftest import ADMIN_TOKEN, cli_token
+from tests.support import GatewayProcess, Probe, http_json, metric_value
+
+pytestmark = pytest.mark.timeout(60)
+
+Nodes = tuple[GatewayProcess, GatewayProcess]
+
+
+async def issue_ticket(node: GatewayProcess, token: str) -> str:
+    status, body, _ = await http_json("POST", f"{node.url}/ws/ticket", token=token)
+    assert status == 201, body
+    return str(body["ticket"])
+
+
+async def publish(node: GatewayProcess, room: str, event: str, data: object) -> None:
+    status, body, _ = await http_json(
+        "POST", f"{node.url}/api/publish", token=ADMIN_TOKEN, json={"room": room, "event": event, "data": data}
+    )
+    assert status == 202, body
+
+
+async def metric(node: GatewayProcess, name: str) -> float:
+    status, text, _ = await http_json("GET", f"{node.url}/metrics")
+    assert status == 200
+    return metric_value(text, name)
+
+
+@contextlib.asynccontextmanager
+async def writes_held(redis_url: str, *, until_waiting: int) -> AsyncIterator[None]:
+    """Hold every write in Redis (CLIENT PAUSE WRITE) until ``until_waiting``
+    commands are queued behind the pause, then release them all at once.
+
+    Consuming a ticket is a write, so this makes "concurrent" exact: all the
+    redemptions are in flight together, whatever the scheduling of the clients
+    and of the two nodes. (A read-then-delete would let every one of them win.)
+    """
+    admin = aioredis.Redis.from_url(redis_url)
+    await admin.client_pause(10_000, all=False)  # WRITE mode: reads still run
+    try:
+        yield
+        deadline = time.monotonic() + 10
+        while (await admin.info("clients"))["blocked_clients"] < until_waiting:
+            assert time.monotonic() < deadline, "the connects never all reached Redis"
+            await asyncio.sleep(0.01)
+    finally:
+        await admin.client_unpause()
+        await admin.aclose()
+
+
+async def test_one_ticket_fifty_concurrent_connects_on_two_nodes_exactly_one_wins(
+    two_nodes: Nodes, cluster_settings: dict[str, Any], probes: Callable[[], Probe]
+) -> None:
+    a = two_nodes[0]
+    ticket = await issue_ticket(a, await cli_token(a.config_file, "alice"))
+    clients = [probes() for _ in range(50)]
+    async with writes_held(cluster_settings["redis_url"], until_waiting=len(clients)):
+        connects = [
+            asyncio.create_task(client.connect(two_nodes[i % 2].url, auth={"ticket": ticket}))
+            for i, client in enumerate(clients)
+        ]
+    results = await asyncio.gather(*connects)
+    winners = [client for client, ok in zip(clients, results, strict=True) if ok]
+    assert len(winners) == 1
+    assert (await winners[0].wait_for("authenticated"))["sub"] == "alice"
+    refusals = [client.connect_error for client, ok in zip(clients, results, strict=True) if not ok]
+    assert len(refusals) == 49
+    assert all(error["data"] == {"code": 4001, "reason": "invalid_ticket"} for error in refusals), refusals
+    # One ticket consumed and one socket connected, summed over both nodes.
+    assert sum([await metric(node, "ticketgate_tickets_consumed_total") for node in two_nodes]) == 1
+    assert sum([await metric(node, "ticketgate_connected_sockets") for node in two_nodes]) == 1
+
+
+async def test_publish_on_one_node_reaches_a_socket_on_the_other(two_nodes: Nodes, probes: Callable[[], Probe]) -> None:
+    a, b = two_nodes
+    alice, bob = probes(), probes()
+    alice_token, bob_token = await asyncio.gather(cli_token(a.config_file, "alice"), cli_token(b.config_file, "bob"))
+    assert await alice.connect(a.url, auth={"ticket": await issue_ticket(a, alice_token)})
+    assert await bob.connect(b.url, auth={"token": bob_token})
+    await alice.wait_for("authenticated")
+    await bob.wait_for("authenticated")
+
+    await publish(b, "user:alice", "invoice_paid", {"id": 42})
+    await publish(b, "user:bob", "note", {"n": 1})
+
+    assert await alice.wait_for("invoice_paid") == {"id": 42}
+    # Node b handled alice's event before bob's (each publish is delivered on
+    # the publishing node first): once bob has his, alice's has passed him by.
+    assert await bob.wait_for("note") == {"n": 1}
+    assert bob.named("invoice_paid") == []
+    assert alice.named("note") == []
+
+
+async def test_ticket_issued_on_one_node_is_consumed_on_the_other(
+    two_nodes: Nodes, probes: Callable[[], Probe]
+) -> None:
+    a, b = two_nodes
+    ticket = await issue_ticket(a, await cli_token(a.config_file, "carol"))
+    probe = probes()
+    assert await probe.connect(b.url, auth={"ticket": ticket})
+    authenticated = await probe.wait_for("authenticated")
+    assert authenticated["sub"] == "carol"
+    assert authenticated["via"] == "ticket"
+    # Consumed on b means gone on a too.
+    again = probes()
+    assert not await again.connect(a.url, auth={"ticket": ticket})
+    assert again.connect_error["data"] == {"code": 4001, "reason": "invalid_ticket"}
+
+
+async def test_token_minted_for_one_node_works_on_the_other(two_nodes: Nodes, probes: Callable[[], Probe]) -> None:
+    a, b = two_nodes
+    token_from_a, token_from_b = await asyncio.gather(
+        cli_token(a.config_file, "dave"), cli_token(b.config_file, "erin")
+    )
+
+    on_b, on_a = probes(), probes()
+    assert await on_b.connect(b.url, auth={"token": token_from_a})
+    assert await on_a.connect(a.url, auth={"token": token_from_b})
+    for probe, sub in ((on_b, "dave"), (on_a, "erin")):
+        authenticated = await probe.wait_for("authenticated")
+        assert (authenticated["sub"], authenticated["via"]) == (sub, "token")
+    # The token also buys a ticket on the other node.
+    assert await issue_ticket(b, token_from_a)
