@@ -50,7 +50,11 @@ WEB_DEMO_VENDOR = WEB_DEMO_DIR / "node_modules" / "socket.io-client" / "dist"
 def create_app(config: Config) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[http.error_middleware, http.origin_middleware_for(f"/{SOCKETIO_PATH}/", RAW_SESSION_PREFIX)],
+        middlewares=[
+            *([http.forwarded_middleware(config.trusted_proxies)] if config.trusted_proxies else []),
+            http.error_middleware,
+            http.origin_middleware_for(f"/{SOCKETIO_PATH}/", RAW_SESSION_PREFIX),
+        ],
     )
     metrics = Metrics()
     store = create_store(config.redis_url)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import logging
 import os
@@ -55,6 +56,10 @@ class Config:
     # Rooms any authenticated socket may join, beside those its `rooms` claim
     # allows (glob patterns over room:<name>); --demo defaults it to room:demo-*.
     public_rooms: tuple[str, ...] = ()
+    # Proxies (addresses or networks) whose X-Forwarded-For/-Proto/-Host are
+    # believed: the client address (max_pending_per_ip) and the same-origin
+    # check then see the client, not the proxy. Empty: headers are ignored.
+    trusted_proxies: tuple[str, ...] = ()
     ticket_ttl: float = 30
     session_ttl: float = 60
     access_token_ttl: float = 3600
@@ -117,6 +122,7 @@ class ConfigSchema(Schema):
     secret = fields.String(allow_none=True)
     admin_token = fields.String(allow_none=True, validate=validate.Length(min=16))
     allowed_origins = fields.List(fields.String())
+    trusted_proxies = fields.List(fields.String())
     public_rooms = fields.List(fields.String(validate=validate.Regexp(r"^room:\S+\Z", error="must be room:<pattern>")))
     ticket_ttl = fields.Float(validate=_positive)
     session_ttl = fields.Float(validate=_positive)
@@ -148,6 +154,14 @@ class ConfigSchema(Schema):
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValidationError(f"{origin!r} is not an origin like https://app.example.com")
 
+    @validates("trusted_proxies")
+    def _proxies(self, value: list[str], **_: Any) -> None:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValidationError(f"{item!r} is not an IP address or network") from None
+
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
         if "*" in data.get("allowed_origins", ()) and not data.get("demo"):
@@ -156,7 +170,7 @@ class ConfigSchema(Schema):
             data["signing_key"] = _load_signing_key(data["signing_key"])
         if data.get("secret") is not None:
             data["secret"] = _decode_secret(data["secret"])
-        for name in ("allowed_origins", "issuers", "public_rooms"):
+        for name in ("allowed_origins", "issuers", "public_rooms", "trusted_proxies"):
             if name in data:
                 data[name] = tuple(data[name])
         return data
@@ -201,7 +215,7 @@ def _read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-_LIST_SETTINGS = {"allowed_origins", "issuers", "public_rooms"}
+_LIST_SETTINGS = {"allowed_origins", "issuers", "public_rooms", "trusted_proxies"}
 
 
 def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:

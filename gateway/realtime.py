@@ -191,8 +191,16 @@ class OriginPolicy:
         return origin in self._allowed or (host is not None and origin == f"{scheme}://{host}")
 
     def engineio_check(self, origin: str | None, environ: Mapping[str, Any]) -> bool:
-        """The callable form python-engineio accepts for ``cors_allowed_origins``."""
-        return self.allows(origin, host=environ.get("HTTP_HOST"), scheme=environ.get("wsgi.url_scheme", "http"))
+        """The callable form python-engineio accepts for ``cors_allowed_origins``.
+
+        Host and scheme come from the aiohttp request (as the trusted-proxy
+        middleware left it), not from engineio's environ, which takes the
+        scheme from any client's X-Forwarded-Proto.
+        """
+        request = environ.get("aiohttp.request")
+        if request is None:
+            return self.allows(origin, host=environ.get("HTTP_HOST"), scheme="http")
+        return self.allows(origin, host=request.host, scheme=request.scheme)
 
 
 def create_server(config: Config, *, origins: OriginPolicy) -> socketio.AsyncServer:

@@ -7,6 +7,7 @@ translated here and nowhere else.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp_remotes import XForwardedFiltered
 from marshmallow import Schema, ValidationError
 
 from gateway import keys
@@ -121,6 +123,27 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
         return error_response(exc.status, code, exc.reason)
+
+
+def forwarded_middleware(trusted: tuple[str, ...]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Believe X-Forwarded-For/-Proto/-Host only from a trusted proxy (aiohttp-remotes
+    parses them); a direct client's headers are ignored, so it cannot pose as another."""
+    networks = [ipaddress.ip_network(item, strict=False) for item in trusted]
+    forwarded = XForwardedFiltered(set(trusted))
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        peer = request.remote
+        try:
+            trusted_peer = peer is not None and any(ipaddress.ip_address(peer) in n for n in networks)
+        except ValueError:
+            trusted_peer = False
+        if not trusted_peer:
+            return await handler(request)
+        response: web.StreamResponse = await forwarded.middleware(request, handler)
+        return response
+
+    return middleware
 
 
 def origin_middleware_for(*path_prefixes: str) -> Callable[..., Awaitable[web.StreamResponse]]:
