@@ -94,15 +94,15 @@ class Lifetime:
         if await self._store.is_revoked(principal.sub, principal.iat):
             raise Revoked("this token was revoked")
 
-    async def start(self, conn: Conn, principal: Principal, *, parked: list[str]) -> None:
-        """Bind an admitted socket to its user: room, timers, parked events first."""
+    async def bind(self, conn: Conn, principal: Principal, *, parked: list[str]) -> None:
+        """Make an admitted socket its user's: room and timers. It holds its events
+        (parked ones first) until ``Realtime.release``, so nothing newer overtakes
+        them and nothing reaches it before its ``authenticated``."""
         conn.sub, conn.claims, conn.expires_at = principal.sub, principal.claims, principal.exp
-        # Hold while the parked events go out, so nothing newer overtakes them.
         self._realtime.start_holding(conn)
         conn.held[:0] = [(event, data) for event, data in map(json.loads, parked)]
         await self._realtime.sio.enter_room(conn.sid, f"user:{principal.sub}")
         self._schedule(conn)
-        await self._realtime.release(conn)
 
     async def stop(self, conn: Conn) -> None:
         """A socket left: cancel its timers, park what it was holding (a page

@@ -235,6 +235,7 @@ class Conn:
     refresh_hash: str | None = None  # hash of the bound refresh token
     connecting: bool = True  # still inside the connect handler: cannot be disconnected yet
     close_order: tuple[int, str] | None = None  # a close that arrived while connecting
+    closed: bool = False  # `closing` sent; the disconnect follows
     holding: bool = False  # events for it are kept in `held` (reauth, or parked events first)
     held: list[tuple[str, Any]] = field(default_factory=list)
     dropped: int = 0  # held events dropped at the cap, not yet reported
@@ -324,9 +325,13 @@ class Realtime:
         handler; such a socket keeps the order and its connect is refused with it.
         """
         conn = self.conns.get(sid)
-        if conn is not None and conn.connecting:
-            conn.close_order = conn.close_order or (code, reason)
-            return
+        if conn is not None:
+            if conn.connecting:
+                conn.close_order = conn.close_order or (code, reason)
+                return
+            if conn.closed:
+                return  # one `closing` per socket, even if several orders reach it
+            conn.closed = True
         await self.emit_local(sid, "closing", {"code": code, "reason": reason})
         await self.sio.disconnect(sid, ignore_queue=True)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -46,6 +46,7 @@ from handlers import schemas
 logger = logging.getLogger(__name__)
 
 Ack = dict[str, Any]
+Welcome = Callable[[], Coroutine[Any, Any, None]]
 
 # PROTOCOL §3 connect_error codes; most specific class first.
 _CONNECT_CODES: dict[type[GatewayError], int] = {
@@ -183,16 +184,12 @@ class SocketHandlers:
             except MissingCredentials:
                 if not self._config.deferred_auth:
                     raise
-                self._admit_pending(sid, client_address(environ))
-                return
-            if kind == "session":
-                await self._admit_session(sid, creds["sessionId"], creds["wsToken"])
+                kind, welcome = "pending", self._admit_pending(sid, client_address(environ))
             else:
-                await self._admit_user(Conn(sid=sid, via=kind, expires_at=0.0), creds)
+                welcome = await self._admit(sid, kind, creds)
             conn = self._realtime.conns[sid]
             if conn.close_order is not None:
                 raise ClosedWhileConnecting(*conn.close_order)
-            conn.connecting = False
         except GatewayError as exc:
             await self._abandon(sid)
             code = connect_code(exc)
@@ -200,10 +197,31 @@ class SocketHandlers:
             logger.info("connect refused sid=%s code=%d reason=%s", sid, code, exc.reason)
             raise socketio.exceptions.ConnectionRefusedError(str(exc), {"code": code, "reason": exc.reason}) from None
         self._metrics.connect_attempts.labels("accepted", kind).inc()
+        # python-socketio sends the CONNECT packet once this handler returns; the
+        # welcome (`authenticated`, ...) follows it, as a client expects.
+        self._realtime.scheduler.soon(lambda: self._connected(conn, welcome))
 
-    async def _admit_user(self, conn: Conn, creds: Mapping[str, str]) -> Principal:
+    async def _admit(self, sid: str, kind: str, creds: Mapping[str, str]) -> Welcome:
+        if kind == "session":
+            return await self._admit_session(sid, creds["sessionId"], creds["wsToken"])
+        _, welcome = await self._admit_user(Conn(sid=sid, via=kind, expires_at=0.0), creds)
+        return welcome
+
+    async def _connected(self, conn: Conn, welcome: Welcome) -> None:
+        """Runs once python-socketio has the socket connected: from now on it can be
+        disconnected, so a close order that came meanwhile is carried out instead."""
+        if self._realtime.conns.get(conn.sid) is not conn:
+            return
+        conn.connecting = False
+        if conn.close_order is not None:
+            await self._realtime.close(conn.sid, *conn.close_order)
+            return
+        await welcome()
+
+    async def _admit_user(self, conn: Conn, creds: Mapping[str, str]) -> tuple[Principal, Welcome]:
         """Authenticate ``conn`` (new, or pending) with a ticket, token or refresh
-        token: verify, admit (one store round trip), then make it the user's."""
+        token: verify, admit (one store round trip), make it the user's. Returns
+        the welcome to run once the client knows it is connected."""
         via = next(kind for kind in ("ticket", "token", "refresh") if _KINDS[kind] <= creds.keys())
         issued = None
         if via == "ticket":
@@ -225,17 +243,22 @@ class SocketHandlers:
         self._realtime.conns[conn.sid] = conn
         self._metrics.connected_sockets.inc()
         logger.info("connect sid=%s sub=%s via=%s", conn.sid, principal.sub, via)
-        payload = {"sub": principal.sub, "expiresAt": iso_z(principal.exp), "via": via}
-        await self._realtime.emit_local(conn.sid, "authenticated", payload)
-        await self._lifetime.start(conn, principal, parked=parked)
-        if issued is not None:
-            await self._lifetime.bind_refresh(conn, issued)
-        elif self._config.refresh_tokens:
-            # Off the connect path: the refresh token follows `authenticated` shortly.
-            self._realtime.scheduler.soon(lambda: self._lifetime.issue_refresh(conn, principal))
-        return principal
+        await self._lifetime.bind(conn, principal, parked=parked)
 
-    def _admit_pending(self, sid: str, addr: str) -> None:
+        async def welcome() -> None:
+            if self._realtime.conns.get(conn.sid) is not conn:
+                return  # left meanwhile
+            payload = {"sub": principal.sub, "expiresAt": iso_z(principal.exp), "via": via}
+            await self._realtime.emit_local(conn.sid, "authenticated", payload)
+            await self._realtime.release(conn)  # parked events, then anything held meanwhile
+            if issued is not None:
+                await self._lifetime.bind_refresh(conn, issued)
+            else:
+                await self._lifetime.issue_refresh(conn, principal)
+
+        return principal, welcome
+
+    def _admit_pending(self, sid: str, addr: str) -> Welcome:
         """PROTOCOL §6.6: a socket without credentials waits for ``authenticate``,
         joined to no room, at most ``max_pending_per_ip`` per address."""
         if self._pending_by_addr.get(addr, 0) >= self._config.max_pending_per_ip:
@@ -246,8 +269,12 @@ class SocketHandlers:
         conn.timer = self._realtime.scheduler.at(deadline, lambda: self._auth_timeout(sid))
         self._realtime.conns[sid] = conn
         self._metrics.pending_sockets.inc()
-        conn.connecting = False
         logger.info("connect sid=%s pending authenticate", sid)
+
+        async def welcome() -> None:  # a pending socket is told nothing until it authenticates
+            return None
+
+        return welcome
 
     def _end_pending(self, conn: Conn) -> None:
         self._realtime.scheduler.cancel(conn.timer)
@@ -266,7 +293,7 @@ class SocketHandlers:
             logger.info("closing sid=%s reason=auth_timeout", sid)
             await self._realtime.close(sid, 4008, "auth_timeout")
 
-    async def _admit_session(self, sid: str, session_id: str, ws_token: str) -> None:
+    async def _admit_session(self, sid: str, session_id: str, ws_token: str) -> Welcome:
         opened = await self._sessions.open(session_id, ws_token)
         conn = Conn(sid=sid, via="session", expires_at=opened.expires_at, session_id=session_id, seq=opened.seq)
         await self._realtime.sio.enter_room(sid, session_room(session_id))
@@ -277,10 +304,16 @@ class SocketHandlers:
         conn.timer = self._realtime.scheduler.at(opened.expires_at, lambda: self._realtime.close(sid, 1000, "expired"))
         logger.info("connect sid=%s session via=session", sid)
         expires = iso_z(opened.expires_at)
-        authenticated = {"sessionId": session_id, "expiresAt": expires, "via": "session"}
-        await self._realtime.emit_local(sid, "authenticated", authenticated)
-        otp_ready = {"type": "otp_ready", "autoPassword": opened.auto_password, "expiresAt": expires}
-        await self._realtime.emit_local(sid, "otp_ready", otp_ready)
+
+        async def welcome() -> None:
+            if self._realtime.conns.get(sid) is not conn:
+                return
+            authenticated = {"sessionId": session_id, "expiresAt": expires, "via": "session"}
+            await self._realtime.emit_local(sid, "authenticated", authenticated)
+            otp_ready = {"type": "otp_ready", "autoPassword": opened.auto_password, "expiresAt": expires}
+            await self._realtime.emit_local(sid, "otp_ready", otp_ready)
+
+        return welcome
 
     async def disconnect(self, sid: str, reason: Any = None) -> None:
         if await self._abandon(sid):
@@ -337,7 +370,8 @@ class SocketHandlers:
         if len(kinds) != 1:
             raise (AmbiguousCredentials if kinds else MissingCredentials)("send exactly one of token or ticket")
         if conn.pending:
-            principal = await self._admit_user(conn, payload)
+            principal, welcome = await self._admit_user(conn, payload)
+            await welcome()
             return {"ok": True, "sub": principal.sub, "expiresAt": iso_z(principal.exp)}
         # Re-authentication of a live socket (before or after its expiry). The sub
         # is compared before anything of the other user is touched; a ticket's sub

@@ -195,6 +195,7 @@ class Probe:
         self.client = socketio.AsyncClient(reconnection=False)
         self.events: list[tuple[str, Any]] = []
         self.connect_error: Any = None
+        self.events_before_connect: int | None = None  # how many events arrived before `connect`
         self.disconnected = asyncio.Event()
         self._changed = asyncio.Condition()
 
@@ -205,6 +206,10 @@ class Probe:
         @self.client.event
         async def connect_error(data: Any) -> None:
             self.connect_error = data
+
+        @self.client.event
+        async def connect() -> None:
+            self.events_before_connect = len(self.events)
 
         @self.client.event
         async def disconnect(reason: Any = None) -> None:

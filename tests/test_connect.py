@@ -114,3 +114,11 @@ async def test_missing_credentials_when_deferred_auth_is_off(
     probe = probes()
     assert not await probe.connect(gateway.url)
     assert probe.connect_error["data"] == {"code": 4001, "reason": "missing_credentials"}
+
+
+async def test_authenticated_follows_the_connect(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    """python-socketio sends CONNECT after the connect handler; `authenticated` comes after it."""
+    probe = probes()
+    assert await probe.connect(gateway.url, auth={"token": gateway.mint("alice")})
+    await probe.wait_for("authenticated")
+    assert probe.events_before_connect == 0
