@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JS     := tests/js/node_modules/.installed
 DEMO_JS := web_demo/node_modules/.installed
-APT_PACKAGES := redis-server:redis-server nginx:nginx
+APT_PACKAGES := redis-server:redis-server nginx:nginx chromium:chromium
 
-.PHONY: run test lint venv system-deps js-deps bench clean
+.PHONY: run test lint venv system-deps js-deps bench screenshot clean
 
 run: $(STAMP) $(DEMO_JS)
 	$(BIN)/ticketgate serve --demo
@@ -49,6 +49,10 @@ system-deps:
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+# docs/demo.png: the demo page after a full login, in Debian's Chromium (as the tests drive it).
+screenshot: system-deps $(STAMP) $(DEMO_JS)
+	$(BIN)/python -m tests.demo.screenshot
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
