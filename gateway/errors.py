@@ -54,6 +54,12 @@ class TokenExpired(InvalidToken):
     reason = "token_expired"
 
 
+class AuthExpired(AuthError):
+    """The socket's authentication expired and it has not re-authenticated."""
+
+    reason = "auth_expired"
+
+
 class InvalidTicket(AuthError):
     reason = "invalid_ticket"
 

@@ -95,14 +95,18 @@ class Lifetime:
             raise Revoked("this token was revoked")
 
     async def bind(self, conn: Conn, principal: Principal, *, parked: list[str]) -> None:
-        """Make an admitted socket its user's: room and timers. It holds its events
-        (parked ones first) until ``Realtime.release``, so nothing newer overtakes
-        them and nothing reaches it before its ``authenticated``."""
+        """Make an admitted socket its user's room member. It holds its events
+        (parked ones first) until ``begin``, so nothing newer overtakes them and
+        nothing reaches it before its ``authenticated``."""
         conn.sub, conn.claims, conn.expires_at = principal.sub, principal.claims, principal.exp
         self._realtime.start_holding(conn)
         conn.held[:0] = [(event, data) for event, data in map(json.loads, parked)]
         await self._realtime.sio.enter_room(conn.sid, f"user:{principal.sub}")
+
+    async def begin(self, conn: Conn) -> None:
+        """After ``authenticated``: arm the expiry timers, deliver what was held."""
         self._schedule(conn)
+        await self._realtime.release(conn)
 
     async def stop(self, conn: Conn) -> None:
         """A socket left: cancel its timers, park what it was holding (a page
@@ -132,7 +136,7 @@ class Lifetime:
 
     async def _warn(self, sid: str) -> None:
         conn = self._realtime.conns.get(sid)
-        if conn is not None and not conn.holding:
+        if conn is not None and not conn.awaiting_reauth:
             remaining = max(0, round(conn.expires_at - time.time()))
             payload = {"expiresAt": iso_z(conn.expires_at), "in": remaining}
             await self._realtime.emit_local(sid, "auth_expiring", payload)
@@ -146,6 +150,7 @@ class Lifetime:
             await self._realtime.close(sid, 4010, "auth_expired")
             return
         deadline = conn.expires_at + self._config.reauth_grace
+        conn.awaiting_reauth = True
         self._realtime.start_holding(conn)
         conn.timer = self._realtime.scheduler.at(deadline, lambda: self._grace_over(sid))
         logger.info("sid=%s reauth_required; holding its events", sid)
@@ -153,7 +158,7 @@ class Lifetime:
 
     async def _grace_over(self, sid: str) -> None:
         conn = self._realtime.conns.get(sid)
-        if conn is None or not conn.holding or conn.sub is None:
+        if conn is None or not conn.awaiting_reauth or conn.sub is None:
             return
         await self._park(conn)
         logger.info("closing sid=%s reason=auth_expired (no re-authentication)", sid)
@@ -178,6 +183,7 @@ class Lifetime:
         """Same-sub re-authentication: new expiry, held events delivered in order.
         Returns how many held events were dropped at the cap since the last report."""
         conn.claims, conn.expires_at = principal.claims, principal.exp
+        conn.awaiting_reauth = False
         self._schedule(conn)
         if conn.held and not conn.holding:  # parked events arrived with this admission
             self._realtime.start_holding(conn)

@@ -236,7 +236,8 @@ class Conn:
     connecting: bool = True  # still inside the connect handler: cannot be disconnected yet
     close_order: tuple[int, str] | None = None  # a close that arrived while connecting
     closed: bool = False  # `closing` sent; the disconnect follows
-    holding: bool = False  # events for it are kept in `held` (reauth, or parked events first)
+    holding: bool = False  # events for it are kept in `held` (awaiting re-auth, or while admitted)
+    awaiting_reauth: bool = False  # its auth expired under on_expiry=reauth: holds until it re-authenticates
     held: list[tuple[str, Any]] = field(default_factory=list)
     dropped: int = 0  # held events dropped at the cap, not yet reported
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
@@ -392,8 +393,11 @@ class Realtime:
         self.holders.add(conn.sid)
 
     async def release(self, conn: Conn) -> None:
-        """Deliver a holding socket's events in order, then stop holding. Events
-        arriving meanwhile join the queue's end, so none overtakes an older one."""
+        """Deliver a holding socket's events in order, then stop holding (unless it
+        awaits re-authentication). Events arriving meanwhile join the queue's
+        end, so none overtakes an older one."""
+        if conn.awaiting_reauth:
+            return
         while conn.held and conn.sid in self.conns:
             event, data = conn.held.pop(0)
             # Straight to the socket: past LocalFanout, which would hold it again.

@@ -24,6 +24,7 @@ from gateway.config import Config
 from gateway.errors import (
     AmbiguousCredentials,
     AuthError,
+    AuthExpired,
     ClosedWhileConnecting,
     Forbidden,
     GatewayError,
@@ -250,7 +251,7 @@ class SocketHandlers:
                 return  # left meanwhile
             payload = {"sub": principal.sub, "expiresAt": iso_z(principal.exp), "via": via}
             await self._realtime.emit_local(conn.sid, "authenticated", payload)
-            await self._realtime.release(conn)  # parked events, then anything held meanwhile
+            await self._lifetime.begin(conn)  # timers; parked events, then anything held meanwhile
             if issued is not None:
                 await self._lifetime.bind_refresh(conn, issued)
             else:
@@ -347,6 +348,8 @@ class SocketHandlers:
                 await self._unauthenticated(sid, event)
                 return None
             try:
+                if conn.awaiting_reauth and event in ("join", "message"):
+                    raise AuthExpired("re-authenticate first: this socket's authentication expired")
                 return await action(conn, load(schema, data))
             except GatewayError as exc:
                 logger.info("event %s from sid=%s refused: %s", event, sid, exc.reason)

@@ -4,6 +4,7 @@ closing 4010/4011, "Refresh tokens"; §2 disconnect API; §6.5, §6.7, §6.8).""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -372,3 +373,40 @@ async def test_a_revoked_token_is_refused_in_a_message(make_gateway: MakeGateway
     assert ack == {"ok": False, "error": {"code": 4011, "reason": "revoked"}}
     ok = await call(probe, "message", {"room": "room:q", "data": 2, "token": gateway.mint("alice")})
     assert ok["ok"] is True
+
+
+async def test_a_warning_already_due_at_connect_is_sent(make_gateway: MakeGateway, probes: Callable[[], Probe]) -> None:
+    gateway = await make_gateway(on_expiry="close", expiry_warning=30, refresh_tokens=False)
+    probe = await token_socket(gateway, probes, ttl=10)
+    warning = await probe.wait_for("auth_expiring")
+    assert 8 <= warning["in"] <= 10
+    assert [name for name, _ in probe.events][:2] == ["authenticated", "auth_expiring"]
+
+
+async def test_auth_that_expires_during_the_connect_still_gets_the_reauth_rules(
+    make_gateway: MakeGateway, probes: Callable[[], Probe]
+) -> None:
+    """A token already past its exp (but within the leeway) is admitted with its expiry
+    behind it: the expiry runs right after `authenticated`, and holding is kept."""
+    gateway = await make_gateway(on_expiry="reauth", expiry_warning=0, reauth_grace=1, refresh_tokens=False)
+    probe = probes()
+    assert await probe.connect(gateway.url, auth={"token": gateway.mint("alice", ttl=1, now=time.time() - 3)})
+    await probe.wait_for("reauth_required")
+    assert [name for name, _ in probe.events][:2] == ["authenticated", "reauth_required"]
+    await publish(gateway, "user:alice", "tick", {"seq": 1})
+    assert await probe.wait_for("closing", timeout=3) == {"code": 4010, "reason": "auth_expired"}
+    assert seqs(probe) == []  # held, then parked: not delivered to the expired socket
+
+
+async def test_no_join_or_message_while_awaiting_reauth(make_gateway: MakeGateway, probes: Callable[[], Probe]) -> None:
+    gateway = await make_gateway(
+        on_expiry="reauth", expiry_warning=0, reauth_grace=5, refresh_tokens=False, public_rooms=["room:x"]
+    )
+    probe = await token_socket(gateway, probes, ttl=1)
+    assert (await call(probe, "join", {"room": "room:x"}))["ok"] is True
+    await probe.wait_for("reauth_required", timeout=3)
+    expired = {"ok": False, "error": {"code": 4001, "reason": "auth_expired"}}
+    assert await call(probe, "message", {"room": "room:x", "data": 1}) == expired
+    assert await call(probe, "join", {"room": "room:x"}) == expired
+    assert (await call(probe, "authenticate", {"token": gateway.mint("alice")}))["ok"] is True
+    assert (await call(probe, "message", {"room": "room:x", "data": 2}))["ok"] is True

@@ -1,0 +1,199 @@
+"""The official socket.io-client through a socket's auth lifetime, on both engines
+(PROTOCOL §3 refresh_token, refresh, auth_expiring, reauth_required,
+authenticate; §6.1, §6.5): node runs tests/js/reauth.mjs against an in-process
+gateway; the test reads its output lines as they come and tells it, on stdin,
+when to re-authenticate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from tests.conftest import Gateway, MakeGateway
+from tests.support import JS_DIR, Probe, http_json, which
+
+pytestmark = pytest.mark.timeout(60)
+
+SCRIPT = JS_DIR / "reauth.mjs"
+NODE_TIMEOUT = 20.0
+
+
+class JsClient:
+    """One node process running reauth.mjs; its output lines, parsed."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[dict[str, Any]] = []
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, url: str, token: str, fresh_token: str) -> JsClient:
+        proc = await asyncio.create_subprocess_exec(
+            which("node"), str(SCRIPT), url, token, fresh_token,
+            cwd=JS_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "REAUTH_TIMEOUT_MS": str(int(NODE_TIMEOUT * 1000))},
+        )  # fmt: skip
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            line = json.loads(raw)
+            async with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+
+    def emitted(self, name: str) -> list[Any]:
+        """The first argument of every ``name`` event the server emitted."""
+        return [line["args"][0] for line in self.lines if line["event"] == "emit" and line["name"] == name]
+
+    def index(self, predicate: Callable[[dict[str, Any]], bool]) -> int:
+        return next(i for i, line in enumerate(self.lines) if predicate(line))
+
+    async def wait(self, predicate: Callable[[dict[str, Any]], bool], *, count: int = 1, timeout: float = 5.0) -> Any:
+        """The ``count``-th output line matching ``predicate``."""
+
+        def matching() -> list[dict[str, Any]]:
+            return [line for line in self.lines if predicate(line)]
+
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: len(matching()) >= count), timeout=timeout)
+        return matching()[count - 1]
+
+    async def emit_wait(self, name: str, *, count: int = 1, timeout: float = 5.0) -> Any:
+        return (await self.wait(is_emit(name), count=count, timeout=timeout))["args"][0]
+
+    async def ack(self, name: str, *, timeout: float = 5.0) -> Any:
+        return (await self.wait(lambda line: line["event"] == "ack" and line["name"] == name, timeout=timeout))["ack"]
+
+    async def command(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def finish(self, timeout: float = 10.0) -> None:
+        """Tell node to close and wait for it to exit cleanly."""
+        await self.command("close")
+        async with asyncio.timeout(timeout):
+            await self._reader
+            status = await self.proc.wait()
+        assert self.proc.stderr is not None
+        errors = (await self.proc.stderr.read()).decode()
+        assert status == 0 and not errors, (status, errors, self.lines)
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+StartJsClient = Callable[..., Awaitable[JsClient]]
+
+
+@pytest.fixture
+async def js_clients() -> AsyncIterator[StartJsClient]:
+    made: list[JsClient] = []
+
+    async def start(*args: Any) -> JsClient:
+        client = await JsClient.start(*args)
+        made.append(client)
+        return client
+
+    yield start
+    for client in made:
+        await client.stop()
+
+
+async def publish(gateway: Gateway, seq: int) -> None:
+    status, body, _ = await http_json(
+        "POST",
+        f"{gateway.url}/api/publish",
+        token=gateway.config.admin_token,
+        json={"room": "user:alice", "event": "tick", "data": {"seq": seq}},
+    )
+    assert status == 202, body
+
+
+def instant(text: str) -> float:
+    assert text.endswith("Z"), text
+    return datetime.fromisoformat(text).timestamp()
+
+
+def is_emit(name: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda line: line["event"] == "emit" and line["name"] == name
+
+
+async def test_official_client_reauthenticates_and_gets_the_held_events_in_order(
+    make_gateway: MakeGateway, js_clients: StartJsClient, probes: Callable[[], Probe]
+) -> None:
+    gateway = await make_gateway(on_expiry="reauth", expiry_warning=1, reauth_grace=5)
+    # `exp` is whole seconds: 2 to 3 s left, so neither the warning (1 s before)
+    # nor the expiry falls inside node's start-up and the connect.
+    client = await js_clients(gateway.url, gateway.mint("alice", ttl=3), gateway.mint("alice", ttl=600))
+
+    authenticated = await client.emit_wait("authenticated")
+    assert (authenticated["sub"], authenticated["via"]) == ("alice", "token")
+    # The refresh token follows `authenticated`; emitWithAck(`refresh`) rotates it.
+    first = await client.emit_wait("refresh_token")
+    assert client.index(is_emit("authenticated")) < client.index(is_emit("refresh_token"))
+    rotation = await client.ack("refresh")
+    assert rotation["ok"] is True and rotation["expiresAt"].endswith("Z")
+    assert rotation["refreshToken"] != first["refreshToken"]
+
+    warning = await client.emit_wait("auth_expiring", timeout=4)
+    assert set(warning) == {"expiresAt", "in"}
+    assert warning["expiresAt"] == authenticated["expiresAt"] and warning["in"] in (0, 1, 2)
+    required = await client.emit_wait("reauth_required", timeout=3)
+    assert instant(required["deadline"]) == instant(authenticated["expiresAt"]) + 5  # reauth_grace
+    await client.wait(lambda line: line["event"] == "ready")
+
+    for seq in (1, 2, 3):  # during the hold
+        await publish(gateway, seq)
+    await asyncio.sleep(0.3)
+    assert client.emitted("tick") == []
+
+    await client.command("authenticate")
+    ack = await client.ack("authenticate")
+    assert ack["ok"] is True and ack["sub"] == "alice" and "dropped" not in ack
+    assert instant(ack["expiresAt"]) > instant(authenticated["expiresAt"])
+    await client.emit_wait("tick", count=3)
+    assert client.index(lambda line: line["event"] == "sent" and line["name"] == "authenticate") < client.index(
+        is_emit("tick")
+    )
+    await publish(gateway, 4)
+    await client.emit_wait("tick", count=4)
+    assert [data["seq"] for data in client.emitted("tick")] == [1, 2, 3, 4]
+    assert client.emitted("closing") == []
+    await client.finish()
+
+    # The rotation the client asked for happened in the store: the successor
+    # works, and the rotated token is now reuse.
+    successor = probes()
+    assert await successor.connect(gateway.url, auth={"refreshToken": rotation["refreshToken"]})
+    assert (await successor.wait_for("authenticated"))["via"] == "refresh"
+    thief = probes()
+    assert not await thief.connect(gateway.url, auth={"refreshToken": first["refreshToken"]})
+    assert thief.connect_error["data"] == {"code": 4011, "reason": "refresh_reuse"}
+
+
+async def test_official_client_is_warned_at_once_when_its_token_is_already_near_expiry(
+    make_gateway: MakeGateway, js_clients: StartJsClient
+) -> None:
+    gateway = await make_gateway(on_expiry="reauth", expiry_warning=30, reauth_grace=5, refresh_tokens=False)
+    client = await js_clients(gateway.url, gateway.mint("alice", ttl=10), gateway.mint("alice", ttl=600))
+    authenticated = await client.emit_wait("authenticated")
+    warning = await client.emit_wait("auth_expiring", timeout=3)  # due 20 s before the connect
+    assert warning["expiresAt"] == authenticated["expiresAt"] and 0 < warning["in"] <= 10
+    await client.finish()
