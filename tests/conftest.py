@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from gateway import keys
 from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.config import Config, load_config
-from tests.support import GatewayProcess, Probe, RedisServer, http_json, keygen, write_toml
+from tests.support import GatewayProcess, NodeScripts, Probe, RedisServer, http_json, keygen, write_toml
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +111,14 @@ async def probes() -> AsyncIterator[Callable[[], Probe]]:
     yield make
     for probe in made:
         await probe.close()
+
+
+@pytest.fixture
+async def node_scripts() -> AsyncIterator[NodeScripts]:
+    """Track node processes: ``client = await node_scripts(JsClient.start(...))``."""
+    scripts = NodeScripts()
+    yield scripts
+    await scripts.stop()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -14,10 +15,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypeVar
 
 import aiohttp
 import socketio
@@ -378,3 +379,100 @@ class RawSocketIO:
         if self.ws is not None:
             await self.ws.close()
         await self.session.close()
+
+
+class NodeScript:
+    """One ``node`` process running a script of tests/js against a gateway.
+
+    The script reports what it sees as JSON lines on stdout; they are parsed as
+    they come into ``lines`` (any other line, such as a page's own
+    ``console.log``, is kept as ``{"event": "log", "text": ...}``). Scripts that
+    take orders read them from stdin, one per line (``command``).
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[dict[str, Any]] = []
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def launch(cls, script: str, *args: str, env: dict[str, str] | None = None, stdin: bool = False) -> Self:
+        proc = await asyncio.create_subprocess_exec(
+            which("node"),
+            str(JS_DIR / script),
+            *args,
+            cwd=JS_DIR,  # node resolves socket.io-client and ws from tests/js/node_modules
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "DEBUG": "", **(env or {})},
+        )
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            text = raw.decode().rstrip("\n")
+            try:
+                line = json.loads(text)
+            except ValueError:
+                line = {"event": "log", "text": text}
+            async with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+
+    def matching(self, predicate: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        return [line for line in self.lines if predicate(line)]
+
+    async def wait(
+        self, predicate: Callable[[dict[str, Any]], bool], *, count: int = 1, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """The ``count``-th line matching ``predicate``, once it has come."""
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: len(self.matching(predicate)) >= count), timeout=timeout
+            )
+        return self.matching(predicate)[count - 1]
+
+    async def command(self, text: str) -> None:
+        assert self.proc.stdin is not None, "launched without stdin"
+        self.proc.stdin.write(text.encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def finish(self, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """Wait for node to exit by itself; it must exit 0 with nothing on stderr. Every line."""
+        async with asyncio.timeout(timeout):
+            await self._reader
+            status = await self.proc.wait()
+        assert self.proc.stderr is not None
+        errors = (await self.proc.stderr.read()).decode()
+        assert status == 0 and not errors, (status, errors, self.lines)
+        return self.lines
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+ScriptT = TypeVar("ScriptT", bound=NodeScript)
+
+
+class NodeScripts:
+    """The node processes of one test, killed at its end if still running."""
+
+    def __init__(self) -> None:
+        self.made: list[NodeScript] = []
+
+    async def __call__(self, launching: Awaitable[ScriptT]) -> ScriptT:
+        script = await launching
+        self.made.append(script)
+        return script
+
+    async def stop(self) -> None:
+        for script in self.made:
+            await script.stop()

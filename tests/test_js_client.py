@@ -7,107 +7,56 @@ handshake (403 ``origin_not_allowed``, the option PROTOCOL §3 allows for 4003).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
-import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from tests.conftest import Gateway, MakeGateway
-from tests.support import JS_DIR, http_json, which
+from tests.support import NodeScript, NodeScripts, http_json
 
 pytestmark = pytest.mark.timeout(60)
 
-SCRIPT = JS_DIR / "connect.mjs"
 NODE_TIMEOUT_MS = 15_000
 EVIL = "http://evil.example"
 APP = "http://app.example"
 
 
-class JsClient:
-    """One ``node connect.mjs`` process; its JSON output lines, parsed as they come."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[dict[str, Any]] = []
-        self._changed = asyncio.Condition()
-        self._reader = asyncio.create_task(self._read())
+class JsClient(NodeScript):
+    """One ``node connect.mjs`` process."""
 
     @classmethod
     async def start(cls, url: str, **options: Any) -> JsClient:
         options = {name: value for name, value in options.items() if value is not None}
         options.setdefault("timeoutMs", NODE_TIMEOUT_MS)
-        proc = await asyncio.create_subprocess_exec(
-            which("node"),
-            str(SCRIPT),
-            url,
-            json.dumps(options),
-            cwd=JS_DIR,  # node resolves socket.io-client from tests/js/node_modules
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "DEBUG": ""},
-        )
-        return cls(proc)
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            line = json.loads(raw)
-            async with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
+        return await cls.launch("connect.mjs", url, json.dumps(options))
 
     def named(self, event: str) -> list[dict[str, Any]]:
         """Lines of a pseudo-event (open, connect, ...) or of an emitted event of that name."""
-        return [line for line in self.lines if line["event"] == event or line.get("name") == event]
+        return self.matching(is_event(event))
 
     def emitted(self) -> list[tuple[str, list[Any]]]:
         return [(line["name"], line["args"]) for line in self.lines if line["event"] == "emit"]
 
     async def wait_for(self, event: str, *, timeout: float = 10.0) -> dict[str, Any]:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: self.named(event)), timeout=timeout)
-        return self.named(event)[0]
+        return await self.wait(is_event(event), timeout=timeout)
 
-    async def finish(self, timeout: float = 15.0) -> list[dict[str, Any]]:
-        """Wait for node to exit by itself (an ``until`` event was seen); every line."""
-        async with asyncio.timeout(timeout):
-            await self._reader
-            status = await self.proc.wait()
-        assert self.proc.stderr is not None
-        errors = (await self.proc.stderr.read()).decode()
-        assert status == 0 and not errors, (status, errors, self.lines)
-        return self.lines
 
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ValueError):
-            await self._reader
+def is_event(event: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda line: line["event"] == event or line.get("name") == event
 
 
 StartJs = Callable[..., Awaitable[JsClient]]
 
 
 @pytest.fixture
-async def js() -> AsyncIterator[StartJs]:
-    made: list[JsClient] = []
-
+def js(node_scripts: NodeScripts) -> StartJs:
     async def start(url: str, **options: Any) -> JsClient:
-        client = await JsClient.start(url, **options)
-        made.append(client)
-        return client
+        return await node_scripts(JsClient.start(url, **options))
 
-    yield start
-    for client in made:
-        await client.stop()
+    return start
 
 
 async def publish(gateway: Gateway, room: str, event: str, data: Any) -> None:

@@ -5,96 +5,47 @@ engines."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import os
-import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from tests.conftest import Gateway
-from tests.support import JS_DIR, http_json, which
+from tests.support import NodeScript, NodeScripts, http_json
 
 pytestmark = pytest.mark.timeout(60)
 
-SCRIPT = JS_DIR / "deferred.mjs"
 NODE_TIMEOUT_MS = 15_000
 
 
-class JsClient:
-    """One node process running deferred.mjs; its JSON output lines, in order."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[dict[str, Any]] = []
-        self._changed = asyncio.Condition()
-        self._reader = asyncio.create_task(self._read())
+class JsClient(NodeScript):
+    """One node process running deferred.mjs."""
 
     @classmethod
     async def start(cls, url: str, scenario: str, token: str = "", transports: str = "polling,websocket") -> JsClient:
-        proc = await asyncio.create_subprocess_exec(
-            which("node"), str(SCRIPT), url, scenario, token, transports,
-            cwd=JS_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "DEFERRED_TIMEOUT_MS": str(NODE_TIMEOUT_MS)},
-        )  # fmt: skip
-        return cls(proc)
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            line = json.loads(raw)
-            async with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
+        env = {"DEFERRED_TIMEOUT_MS": str(NODE_TIMEOUT_MS)}
+        return await cls.launch("deferred.mjs", url, scenario, token, transports, env=env)
 
     def named(self, event: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines if line["event"] == event]
+        return self.matching(lambda line: line["event"] == event)
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         """The Socket.IO events the client received (all, or those called ``name``)."""
         return [line for line in self.named("event") if name in (None, line["name"])]
 
     async def wait_for(self, event: str, *, timeout: float = 10.0) -> dict[str, Any]:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: self.named(event)), timeout=timeout)
-        return self.named(event)[0]
-
-    async def finish(self, timeout: float = 10.0) -> None:
-        """Wait for node to exit by itself; it must exit 0 with nothing on stderr."""
-        async with asyncio.timeout(timeout):
-            await self._reader
-            status = await self.proc.wait()
-        assert self.proc.stderr is not None
-        errors = (await self.proc.stderr.read()).decode()
-        assert status == 0 and not errors, (status, errors, self.lines)
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
+        return await self.wait(lambda line: line["event"] == event, timeout=timeout)
 
 
 StartJsClient = Callable[..., Awaitable[JsClient]]
 
 
 @pytest.fixture
-async def js_clients() -> AsyncIterator[StartJsClient]:
-    made: list[JsClient] = []
+def js_clients(node_scripts: NodeScripts) -> StartJsClient:
+    async def start(*args: str) -> JsClient:
+        return await node_scripts(JsClient.start(*args))
 
-    async def start(*args: Any, **kwargs: Any) -> JsClient:
-        client = await JsClient.start(*args, **kwargs)
-        made.append(client)
-        return client
-
-    yield start
-    for client in made:
-        await client.stop()
+    return start
 
 
 # "polling,websocket" is socket.io-client's default: long-polling, then upgrade.

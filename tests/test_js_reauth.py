@@ -7,67 +7,34 @@ when to re-authenticate."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import pytest
 
 from tests.conftest import Gateway, MakeGateway
-from tests.support import JS_DIR, Probe, http_json, which
+from tests.support import NodeScript, NodeScripts, Probe, http_json
 
 pytestmark = pytest.mark.timeout(60)
 
-SCRIPT = JS_DIR / "reauth.mjs"
 NODE_TIMEOUT = 20.0
 
 
-class JsClient:
-    """One node process running reauth.mjs; its output lines, parsed."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[dict[str, Any]] = []
-        self._changed = asyncio.Condition()
-        self._reader = asyncio.create_task(self._read())
+class JsClient(NodeScript):
+    """One node process running reauth.mjs, told on stdin when to re-authenticate."""
 
     @classmethod
     async def start(cls, url: str, token: str, fresh_token: str) -> JsClient:
-        proc = await asyncio.create_subprocess_exec(
-            which("node"), str(SCRIPT), url, token, fresh_token,
-            cwd=JS_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "REAUTH_TIMEOUT_MS": str(int(NODE_TIMEOUT * 1000))},
-        )  # fmt: skip
-        return cls(proc)
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            line = json.loads(raw)
-            async with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
+        env = {"REAUTH_TIMEOUT_MS": str(int(NODE_TIMEOUT * 1000))}
+        return await cls.launch("reauth.mjs", url, token, fresh_token, env=env, stdin=True)
 
     def emitted(self, name: str) -> list[Any]:
         """The first argument of every ``name`` event the server emitted."""
-        return [line["args"][0] for line in self.lines if line["event"] == "emit" and line["name"] == name]
+        return [line["args"][0] for line in self.matching(is_emit(name))]
 
     def index(self, predicate: Callable[[dict[str, Any]], bool]) -> int:
         return next(i for i, line in enumerate(self.lines) if predicate(line))
-
-    async def wait(self, predicate: Callable[[dict[str, Any]], bool], *, count: int = 1, timeout: float = 5.0) -> Any:
-        """The ``count``-th output line matching ``predicate``."""
-
-        def matching() -> list[dict[str, Any]]:
-            return [line for line in self.lines if predicate(line)]
-
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: len(matching()) >= count), timeout=timeout)
-        return matching()[count - 1]
 
     async def emit_wait(self, name: str, *, count: int = 1, timeout: float = 5.0) -> Any:
         return (await self.wait(is_emit(name), count=count, timeout=timeout))["args"][0]
@@ -75,45 +42,21 @@ class JsClient:
     async def ack(self, name: str, *, timeout: float = 5.0) -> Any:
         return (await self.wait(lambda line: line["event"] == "ack" and line["name"] == name, timeout=timeout))["ack"]
 
-    async def command(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text.encode() + b"\n")
-        await self.proc.stdin.drain()
-
-    async def finish(self, timeout: float = 10.0) -> None:
+    async def finish(self, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Tell node to close and wait for it to exit cleanly."""
         await self.command("close")
-        async with asyncio.timeout(timeout):
-            await self._reader
-            status = await self.proc.wait()
-        assert self.proc.stderr is not None
-        errors = (await self.proc.stderr.read()).decode()
-        assert status == 0 and not errors, (status, errors, self.lines)
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
+        return await super().finish(timeout)
 
 
 StartJsClient = Callable[..., Awaitable[JsClient]]
 
 
 @pytest.fixture
-async def js_clients() -> AsyncIterator[StartJsClient]:
-    made: list[JsClient] = []
+def js_clients(node_scripts: NodeScripts) -> StartJsClient:
+    async def start(*args: str) -> JsClient:
+        return await node_scripts(JsClient.start(*args))
 
-    async def start(*args: Any) -> JsClient:
-        client = await JsClient.start(*args)
-        made.append(client)
-        return client
-
-    yield start
-    for client in made:
-        await client.stop()
+    return start
 
 
 async def publish(gateway: Gateway, seq: int) -> None:

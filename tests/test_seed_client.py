@@ -5,16 +5,11 @@ can check, rejection, and the close codes 4009, 4001 and 4004."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
-import json
-import os
 import re
-import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pyotp
@@ -22,7 +17,7 @@ import pytest
 
 from tests.conftest import Gateway
 from tests.device import Device, b64url, initiate
-from tests.support import JS_DIR, which
+from tests.support import JS_DIR, NodeScript, NodeScripts
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,83 +57,32 @@ SEED_ORIGIN = "wss://auth.idtoken.example.com"
 OUR_ORIGIN = "ws://127.0.0.1:${PORT}"
 
 
-class SeedClient:
-    """One node process running the seed's client; its output lines, parsed.
-
-    JSON lines are the script's observations (``{"event": ...}``); any other
-    line is recorded as ``{"event": "log", "text": ...}`` (the function's own
-    ``console.log``)."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[dict[str, Any]] = []
-        self._changed = asyncio.Condition()
-        self._reader = asyncio.create_task(self._read())
+class SeedClient(NodeScript):
+    """One node process running the seed's client, in one or more tabs; its
+    ``console.log`` lines are kept as ``{"event": "log", "text": ...}``."""
 
     @classmethod
     async def start(cls, gateway: Gateway, session_id: str, ws_token: str, *, tabs: int = 1) -> SeedClient:
         port = str(gateway.server.port)
-        proc = await asyncio.create_subprocess_exec(
-            which("node"), str(SCRIPT), port, session_id, ws_token, str(tabs),
-            cwd=JS_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "SEED_CLIENT_TIMEOUT_MS": str(int(NODE_TIMEOUT * 1000))},
-        )  # fmt: skip
-        return cls(proc)
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            text = raw.decode().rstrip("\n")
-            try:
-                line = json.loads(text)
-            except ValueError:
-                line = {"event": "log", "text": text}
-            async with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
+        env = {"SEED_CLIENT_TIMEOUT_MS": str(int(NODE_TIMEOUT * 1000))}
+        return await cls.launch(SCRIPT.name, port, session_id, ws_token, str(tabs), env=env)
 
     def named(self, event: str, tab: int | None = None) -> list[dict[str, Any]]:
-        return [line for line in self.lines if line["event"] == event and tab in (None, line.get("tab"))]
+        return self.matching(lambda line: line["event"] == event and tab in (None, line.get("tab")))
 
     async def wait_for(self, event: str, *, tab: int | None = None, timeout: float = 10.0) -> dict[str, Any]:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: self.named(event, tab)), timeout=timeout)
-        return self.named(event, tab)[0]
-
-    async def finish(self, timeout: float = 10.0) -> int:
-        """Wait for node to exit by itself (every socket closed); its exit status."""
-        async with asyncio.timeout(timeout):
-            await self._reader
-            status = await self.proc.wait()
-        assert self.proc.stderr is not None
-        errors = (await self.proc.stderr.read()).decode()
-        assert status == 0 and not errors, (status, errors, self.lines)
-        return status
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
+        return await self.wait(lambda line: line["event"] == event and tab in (None, line.get("tab")), timeout=timeout)
 
 
 StartSeedClient = Callable[..., Awaitable[SeedClient]]
 
 
 @pytest.fixture
-async def seed_clients() -> AsyncIterator[StartSeedClient]:
-    made: list[SeedClient] = []
+def seed_clients(node_scripts: NodeScripts) -> StartSeedClient:
+    async def start(gateway: Gateway, session_id: str, ws_token: str, *, tabs: int = 1) -> SeedClient:
+        return await node_scripts(SeedClient.start(gateway, session_id, ws_token, tabs=tabs))
 
-    async def start(*args: Any, **kwargs: Any) -> SeedClient:
-        client = await SeedClient.start(*args, **kwargs)
-        made.append(client)
-        return client
-
-    yield start
-    for client in made:
-        await client.stop()
+    return start
 
 
 async def enrolled(gateway: Gateway) -> Device:
