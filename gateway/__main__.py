@@ -86,11 +86,11 @@ def _token(args: argparse.Namespace) -> int:
 
 async def serve(config: Config) -> None:
     """Run one gateway until SIGTERM/SIGINT, then drain its sockets and stop."""
-    if {"signing_key", "secret"} & config.generated:
-        logger.warning(
-            "no signing_key/secret configured: using ephemeral ones (tokens die with this process); "
-            "run `ticketgate keygen` to make permanent ones"
-        )
+    # Signals first: a SIGTERM that comes as soon as the port opens still drains.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(create_app(config), handle_signals=False, **RUNNER_OPTIONS)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
@@ -100,14 +100,16 @@ async def serve(config: Config) -> None:
     logger.info(
         "ticketgate listening on %s engine=%s mode=%s", base, config.engine, "demo" if config.demo else "normal"
     )
+    # After the start line: PROTOCOL §1 wants that one first, whatever the config.
+    if {"signing_key", "secret"} & config.generated:
+        logger.warning(
+            "no signing_key/secret configured: using ephemeral ones (tokens die with this process); "
+            "run `ticketgate keygen` to make permanent ones"
+        )
     if config.demo:
         print(f"demo: {base}/demo/", flush=True)
         if "admin_token" in config.generated:
             print(f"demo admin token: {config.admin_token}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:

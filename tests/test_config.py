@@ -10,9 +10,9 @@ from pathlib import Path
 import jwt
 import pytest
 
-from gateway.config import load_config
+from gateway.config import IssuerConfig, load_config
 from gateway.errors import ConfigError
-from tests.support import ROOT, keygen
+from tests.support import ROOT, keygen, write_toml
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -155,3 +155,60 @@ def test_signing_key_from_a_file_path(tmp_path: Path) -> None:
     path.write_text(json.dumps(key))
     config = load_config(environ={}, flags={"signing_key": str(path)})
     assert config.signing_key is not None and config.signing_key["kid"] == key["kid"]
+
+
+@pytest.mark.parametrize(("present", "missing"), [("signing_key", "secret"), ("secret", "signing_key")])
+def test_cli_redis_engine_refuses_a_half_configured_key_pair(
+    tmp_path: Path, cluster_keys: dict[str, str], present: str, missing: str
+) -> None:
+    """PROTOCOL §1: the redis engine refuses to start without the signing key *and*
+    the secret, naming what to configure. Nothing listens on the Redis port: the
+    refusal comes before any connection (a gateway that started would time out)."""
+    file = write_toml(tmp_path / "half.toml", {"redis_url": "redis://127.0.0.1:1/0", present: cluster_keys[present]})
+    result = run_cli("serve", "--config", str(file), timeout=15)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ticketgate: config error:"), result.stderr
+    assert missing in lines[0] and present not in lines[0], lines[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_issuers_as_a_toml_array_of_tables(tmp_path: Path) -> None:
+    """PROTOCOL §1: `issuers` is a TOML array of tables `[[issuers]]`."""
+    jwks = tmp_path / "partner.jwks.json"
+    jwks.write_text('{"keys": []}')
+    file = tmp_path / "issuers.toml"
+    file.write_text(
+        "port = 9000\n\n"
+        "[[issuers]]\n"
+        'iss = "https://partner.example"\n'
+        f"jwks_file = {json.dumps(str(jwks))}\n"
+        'audience = "ticketgate"\n'
+        'algorithms = ["ES256", "RS384"]\n\n'
+        "[[issuers]]\n"
+        'iss = "https://idp.example"\n'
+        'jwks_uri = "https://idp.example/.well-known/jwks.json"\n'
+    )
+    config = load_config(file=file, environ={})
+    assert config.port == 9000
+    assert config.issuers == (
+        IssuerConfig(
+            iss="https://partner.example", jwks_file=str(jwks), audience="ticketgate", algorithms=("ES256", "RS384")
+        ),
+        IssuerConfig(iss="https://idp.example", jwks_uri="https://idp.example/.well-known/jwks.json"),
+    )
+    first = config.issuers[0]
+    assert (first.iss, first.jwks_uri, first.jwks_file) == ("https://partner.example", None, str(jwks))
+    assert (first.audience, first.algorithms) == ("ticketgate", ("ES256", "RS384"))
+    assert config.issuers[1].algorithms == ("RS256", "ES256") and config.issuers[1].audience is None
+
+
+def test_leeway_is_at_most_30_seconds(tmp_path: Path) -> None:
+    """PROTOCOL §6.15: leeway on exp/nbf/iat is at most 30 s."""
+    assert load_config(file=write_toml(tmp_path / "ok.toml", {"leeway": 30}), environ={}).leeway == 30
+    assert load_config(environ={"TICKETGATE_LEEWAY": "30"}).leeway == 30
+    for value in (31, 30.5):
+        with pytest.raises(ConfigError, match=r"^leeway: "):
+            load_config(file=write_toml(tmp_path / "bad.toml", {"leeway": value}), environ={})
+    with pytest.raises(ConfigError, match=r"^leeway: "):
+        load_config(environ={"TICKETGATE_LEEWAY": "31"})

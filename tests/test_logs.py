@@ -9,6 +9,10 @@ request lines and headers that aiohttp's parser rejects. Then it is stopped and
 its whole output (stdout + stderr) is searched: no credential, whole or in part
 (a JWT's payload or signature), and no query-string value may appear, while the
 expected connect and refusal lines must.
+
+Then the start of a process (PROTOCOL §1, §6.10): the first log line, the
+warning about ephemeral keys, the `--demo` lines, and the ``ticketgate``
+console script with every `serve` flag.
 """
 
 from __future__ import annotations
@@ -16,9 +20,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,7 +35,7 @@ import pytest
 
 from gateway.auth.tokens import TokenService
 from gateway.config import load_config
-from tests.support import GatewayProcess, Probe, http_json
+from tests.support import GatewayProcess, Probe, RedisServer, free_port, http_json, wait_for_port, write_toml
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -279,3 +288,132 @@ async def test_logs_hold_every_connect_and_refusal_but_no_secret(
     assert logged_refusals == outcome["refused"]
     assert all(code == "4001" for code, _ in REFUSED_LINE.findall(log))
     assert f"drained: sent closing 1001 to {outcome['live']} sockets" in log
+
+
+# -- the start of a process (PROTOCOL §1, §6.10)
+
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<name>[\w.]+): (?P<message>.*)$")
+
+
+def start_line(host: str, port: int, engine: str, mode: str) -> re.Pattern[str]:
+    """The start line as a whole log record: `ticketgate listening on ... engine=... mode=...`."""
+    return re.compile(
+        rf"^\S+ \S+ INFO gateway: ticketgate listening on http://{re.escape(host)}:{port} engine={engine} mode={mode}$"
+    )
+
+
+async def wait_for_line(read: Callable[[], str], pattern: re.Pattern[str], *, timeout: float = 10.0) -> re.Match[str]:
+    """The first line of the output ``read`` returns that matches ``pattern``, once it is there.
+
+    The port opens a moment before the start lines are written: wait for them
+    (the process also installs its SIGTERM handler only after printing them)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in read().splitlines():
+            if found := pattern.search(line):
+                return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no line matches {pattern.pattern!r} after {timeout}s:\n{read()}")
+        await asyncio.sleep(0.05)
+
+
+def ephemeral_warnings(log: str) -> list[str]:
+    return [line for line in log.splitlines() if " WARNING " in line and "ephemeral" in line]
+
+
+async def test_console_script_serves_with_every_flag(
+    tmp_path: Path, redis_server: RedisServer, cluster_keys: dict[str, str]
+) -> None:
+    """`ticketgate serve --host H --port P --redis-url URL --config F` through the
+    installed console script. The file says another host and no redis_url, so
+    only the flags can make the start line say 127.0.0.1 and engine=redis."""
+    script = Path(sys.executable).with_name("ticketgate")
+    assert script.is_file(), f"{script}: the console script is not installed (pip install -e .)"
+    config = write_toml(tmp_path / "keys.toml", {**cluster_keys, "host": "127.0.0.2"})
+    port = free_port()
+    log_file = tmp_path / "console.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TICKETGATE_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    args = [
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--redis-url",
+        redis_server.url,
+        "--config",
+        str(config),
+    ]
+    with log_file.open("ab") as log:
+        proc = subprocess.Popen([str(script), *args], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+    try:
+        wait_for_port(port, proc=proc, timeout=20)
+        await wait_for_line(log_file.read_text, start_line("127.0.0.1", port, "redis", "normal"))
+        status, body, _ = await http_json("GET", f"http://127.0.0.1:{port}/healthz")
+        assert (status, body) == (200, {"status": "ok"})
+        status, body, _ = await http_json("GET", f"http://127.0.0.1:{port}/readyz")  # pings the real Redis
+        assert (status, body) == (200, {"status": "ready"})
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            status = await asyncio.to_thread(proc.wait, 15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert status == 0
+    lines = log_file.read_text().splitlines()
+    assert start_line("127.0.0.1", port, "redis", "normal").match(lines[0]), lines[:3]
+    assert ephemeral_warnings("\n".join(lines)) == []  # the keys came from the file
+
+
+@pytest.mark.parametrize("configured", [(), ("signing_key",), ("secret",)])
+async def test_missing_keys_are_generated_with_a_warning(
+    configured: tuple[str, ...], cluster_keys: dict[str, str], gateway_process: Callable[..., GatewayProcess]
+) -> None:
+    """PROTOCOL §1: without a configured signing key and secret the (memory)
+    gateway generates ephemeral ones and logs a warning naming them; the start
+    line stays the first log line."""
+    node = gateway_process({name: cluster_keys[name] for name in configured}, name="ephemeral")
+    node.start()
+    await wait_for_line(node.log, start_line("127.0.0.1", node.port, "memory", "normal"))
+    status, body, _ = await http_json("GET", f"{node.url}/.well-known/jwks.json")
+    assert status == 200 and len(body["keys"]) >= 1, body  # a key there is, generated or not
+    assert await asyncio.to_thread(node.terminate) == 0
+    log = node.log()
+    [warning] = ephemeral_warnings(log)
+    record = LOG_RECORD.match(warning)
+    assert record is not None and record["level"] == "WARNING", warning
+    assert "signing_key" in record["message"] and "secret" in record["message"], warning
+    assert "ticketgate keygen" in record["message"], warning  # it says what to do
+    assert start_line("127.0.0.1", node.port, "memory", "normal").match(log.splitlines()[0]), log.splitlines()[:3]
+
+
+async def test_demo_start_lines_and_the_generated_admin_token(
+    gateway_process: Callable[..., GatewayProcess],
+) -> None:
+    """PROTOCOL §1 and §6.10 for `ticketgate serve --demo` as `make run` starts it:
+    no keys and no admin_token configured. The first log line is the start line;
+    the demo URL and the generated admin token are printed, the token once, and
+    that token is the one the admin API takes."""
+    node = gateway_process({}, name="demo", extra_args=("--demo",))
+    node.start()
+    token = (await wait_for_line(node.log, re.compile(r"^demo admin token: (\S+)$")))[1]
+    try:
+        status, page, _ = await http_json("GET", f"{node.url}/demo/")
+        assert status == 200 and "<html" in page.lower()
+        note = {"room": "room:demo-lobby", "event": "note", "data": {"n": 1}}
+        status, body, _ = await http_json("POST", f"{node.url}/api/publish", token=token, json=note)
+        assert status == 202, body
+        for wrong in (token[:-1] + ("A" if token[-1] != "A" else "B"), "admin-token-for-tests-0123456789"):
+            status, body, _ = await http_json("POST", f"{node.url}/api/publish", token=wrong, json=note)
+            assert status == 401, body
+    finally:
+        status = await asyncio.to_thread(node.terminate)
+    assert status == 0
+    lines = node.log().splitlines()
+    assert start_line("127.0.0.1", node.port, "memory", "demo").match(lines[0]), lines[:3]
+    assert f"demo: {node.url}/demo/" in lines
+    assert [line for line in lines if line.startswith("demo admin token: ")] == [f"demo admin token: {token}"]
+    assert sum(token in line for line in lines) == 1  # printed once, and never logged again
