@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import aiohttp
+import redis.asyncio as aioredis
 import socketio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -298,7 +299,6 @@ def gateway_processes(*procs: GatewayProcess) -> Iterator[tuple[GatewayProcess, 
 async def wait_subscribed(redis_url: str, count: int, *, channel: str = "socketio", timeout: float = 10.0) -> None:
     """Wait until ``count`` gateways listen on the fan-out channel (Redis PUBSUB NUMSUB):
     only then is an event published by one node sure to reach the others."""
-    import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(redis_url)
     try:
@@ -476,3 +476,32 @@ class NodeScripts:
     async def stop(self) -> None:
         for script in self.made:
             await script.stop()
+
+
+async def redis_contents(url: str) -> dict[bytes, list[bytes]]:
+    """Every key of the Redis database at ``url`` with every string it holds (members, fields, values)."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        contents: dict[bytes, list[bytes]] = {}
+        async for key in client.scan_iter(count=1000):
+            kind = (await client.type(key)).decode()
+            if kind == "string":
+                values = [await client.get(key) or b""]
+            elif kind == "hash":
+                values = [item for pair in (await client.hgetall(key)).items() for item in pair]
+            elif kind == "list":
+                values = list(await client.lrange(key, 0, -1))
+            elif kind == "set":
+                values = list(await client.smembers(key))
+            elif kind == "zset":
+                values = list(await client.zrange(key, 0, -1))
+            elif kind == "stream":
+                values = [item for _, fields in await client.xrange(key) for pair in fields.items() for item in pair]
+            elif kind == "none":  # expired between SCAN and TYPE
+                continue
+            else:
+                raise AssertionError(f"unexpected Redis type {kind} of {key!r}")
+            contents[key] = values
+        return contents
+    finally:
+        await client.aclose()

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 
 from tests.conftest import Gateway, MakeGateway
-from tests.support import Probe, http_json
+from tests.support import Probe, RedisServer, http_json, redis_contents
+
+TICKET_SHAPE = re.compile(r"[A-Za-z0-9_-]{22,}")  # ≥128 bits of base64url, no `=` padding (§6.2)
 
 
 async def test_ticket_connect_joins_user_room_and_emits_authenticated(
@@ -122,3 +127,58 @@ async def test_authenticated_follows_the_connect(gateway: Gateway, probes: Calla
     assert await probe.connect(gateway.url, auth={"token": gateway.mint("alice")})
     await probe.wait_for("authenticated")
     assert probe.events_before_connect == 0
+
+
+async def test_ticket_response_shape(make_gateway: MakeGateway) -> None:
+    """§2: POST /ws/ticket -> 201 {"ticket", "expires" (unix s), "expiresAt" (ISO 8601 Z)}, nothing else."""
+    gateway = await make_gateway(ticket_ttl=45)
+    before = time.time()
+    status, body, _ = await http_json("POST", f"{gateway.url}/ws/ticket", token=gateway.mint("alice"))
+    after = time.time()
+    assert status == 201, body
+    assert set(body) == {"ticket", "expires", "expiresAt"}
+    assert isinstance(body["ticket"], str) and TICKET_SHAPE.fullmatch(body["ticket"]), body["ticket"]
+    expires = body["expires"]
+    assert type(expires) is int, expires
+    assert before + 45 - 2 <= expires <= after + 45 + 2
+    expires_at = body["expiresAt"]
+    assert isinstance(expires_at, str) and expires_at.endswith("Z"), expires_at
+    assert datetime.fromisoformat(expires_at).astimezone(UTC).timestamp() == expires  # the same instant
+    assert expires_at == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+
+
+async def test_publish_answers_exactly_room_and_event(gateway: Gateway) -> None:
+    """§2: POST /api/publish -> 202 {"room", "event"}."""
+    status, body, _ = await http_json(
+        "POST",
+        f"{gateway.url}/api/publish",
+        token=gateway.config.admin_token,
+        json={"room": "room:lobby", "event": "note", "data": {"n": 1}},
+    )
+    assert (status, body) == (202, {"room": "room:lobby", "event": "note"})
+
+
+async def test_ticket_is_stored_only_as_a_hash(
+    gateway: Gateway, engine: str, request: pytest.FixtureRequest, probes: Callable[[], Probe]
+) -> None:
+    """§2 Tickets: ≥128 bits, URL-safe, stored only as a hash: no Redis key or value holds it."""
+    if engine != "redis":
+        ticket = await gateway.ticket()
+        assert TICKET_SHAPE.fullmatch(ticket), ticket
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    assert gateway.config.redis_url == server.url  # the database scanned below is the gateway's
+    before = await redis_contents(server.url)
+    ticket = await gateway.ticket()  # not consumed: its record is still in Redis
+    assert TICKET_SHAPE.fullmatch(ticket), ticket
+    after = await redis_contents(server.url)
+    assert set(after) - set(before), "issuing a ticket stored nothing in this Redis database"
+    raw = base64.urlsafe_b64decode(ticket + "=" * (-len(ticket) % 4))
+    assert len(raw) >= 16
+    forms = (ticket.encode(), raw, raw.hex().encode(), raw.hex().upper().encode())
+    for key, values in after.items():
+        for blob in (key, *values):
+            assert not any(form in blob for form in forms), f"the ticket is readable in Redis at {key!r}"
+    # The stored record is the live one: the ticket still connects once.
+    probe = probes()
+    assert await probe.connect(gateway.url, auth={"ticket": ticket})

@@ -8,12 +8,14 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import jwt
+import pyotp
 import pytest
 
 from gateway import keys
@@ -130,6 +132,24 @@ async def test_wrong_otp_then_too_many_attempts(gateway: Gateway, probes: Callab
 
     status, body = await device.verify(gateway.url, session["sessionId"])  # even a right one
     assert status == 409 and body["error"]["code"] == "session_resolved"
+
+
+async def test_too_many_attempts_carries_retry_after(gateway: Gateway) -> None:
+    """§2: 429 rate limited with `Retry-After` (delta-seconds: a positive integer)."""
+    device = await enrolled(gateway)
+    session = await initiate(gateway.url, "alice")
+    bad = wrong(device.otp())
+    body = {"sessionId": session["sessionId"], "deviceId": device.device_id, "otp": bad}
+    for attempt in range(3):
+        body["signature"] = device.sign(session["sessionId"], bad)
+        status, response, headers = await http_json("POST", f"{gateway.url}/auth/verify", json=body)
+        if attempt < 2:
+            assert status == 401 and response["error"]["code"] == "invalid_otp", response
+            assert "Retry-After" not in headers
+    assert status == 429 and response["error"]["code"] == "too_many_attempts", response
+    retry_after = headers.get("Retry-After")
+    assert retry_after is not None, headers
+    assert re.fullmatch(r"[0-9]+", retry_after) and int(retry_after) > 0, retry_after
 
 
 @pytest.mark.parametrize(
@@ -447,3 +467,64 @@ async def test_concurrent_connects_leave_exactly_the_newest(gateway: Gateway, pr
             assert client.named("closing") == [{"code": 4009, "reason": "replaced"}]
         else:  # or refused while connecting
             assert client.connect_error["data"] == {"code": 4009, "reason": "replaced"}
+
+
+TOTP_PERIOD = 30  # seconds (RFC 6238, §2)
+
+
+async def in_mid_step(margin: float = 5.0) -> float:
+    """Now, at least ``margin`` seconds before the next TOTP step begins: the
+    verify that follows is then checked in the very step its codes were made for."""
+    left = TOTP_PERIOD - time.time() % TOTP_PERIOD
+    if left < margin:
+        await asyncio.sleep(left + 0.05)
+    return time.time()
+
+
+@pytest.mark.parametrize(
+    ("steps", "accepted"),
+    [(-1, True), (1, True), (-2, False), (2, False), (-3, False), (3, False)],
+    ids=["-30s", "+30s", "-60s", "+60s", "-90s", "+90s"],
+)
+async def test_verify_accepts_the_otp_window_and_no_more(gateway: Gateway, steps: int, accepted: bool) -> None:
+    """§2: /auth/verify accepts the current step ± otp_window (default 1) steps."""
+    assert gateway.config.otp_window == 1
+    for _ in range(5):  # a device whose code at that step tells the window apart (a collision is ~1e-6)
+        device = await enrolled(gateway)
+        session = await initiate(gateway.url, "alice")
+        now = await in_mid_step()
+        totp = pyotp.TOTP(device.totp_secret)
+        otp = totp.at(now + steps * TOTP_PERIOD)
+        in_window = {totp.at(now + k * TOTP_PERIOD) for k in (-1, 0, 1)}
+        if (otp != totp.at(now)) if accepted else (otp not in in_window):
+            break
+    else:
+        pytest.fail("five devices in a row had colliding TOTP codes")
+    status, body = await device.verify(gateway.url, session["sessionId"], otp=otp)  # signed over this otp
+    if accepted:
+        assert (status, body) == (200, {"status": "approved"})
+    else:
+        assert status == 401, body
+        assert body["error"]["code"] == "invalid_otp" and body["error"]["attemptsLeft"] == 2, body
+
+
+async def test_session_socket_is_in_the_session_room_only(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    """§3: an auth-session connect joins `session:<sessionId>` (and not `user:<userId>`)."""
+    session = await initiate(gateway.url, "alice")
+    browser = await session_probe(gateway, probes, session)
+    await browser.wait_for("otp_ready")
+
+    async def publish(room: str, event: str) -> None:
+        status, body, _ = await http_json(
+            "POST",
+            f"{gateway.url}/api/publish",
+            token=gateway.config.admin_token,
+            json={"room": room, "event": event, "data": {"room": room}},
+        )
+        assert status == 202, body
+
+    # Published in this order: had the socket been in user:alice, "to_user" would come first.
+    await publish("user:alice", "to_user")
+    await publish(f"session:{session['sessionId']}", "to_session")
+    assert await browser.wait_for("to_session") == {"room": f"session:{session['sessionId']}"}
+    assert browser.named("to_user") == []
