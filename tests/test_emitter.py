@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import socketio
 
 from gateway.auth.tokens import TokenService
 from gateway.config import load_config
@@ -108,3 +109,29 @@ async def test_unreachable_redis_is_store_unavailable() -> None:
             await emitter.publish("user:alice", "note", {})
     finally:
         await emitter.close()
+
+
+async def test_a_stock_write_only_redis_manager_can_publish(
+    gateway: Gateway, redis_server: RedisServer, probes: Callable[[], Probe]
+) -> None:
+    """§6.11: python-socketio's own AsyncRedisManager, not gateway code, on the default channel."""
+    await wait_subscribed(redis_server.url, 1)
+    dave, erin = probes(), probes()
+    assert await dave.connect(gateway.url, auth={"token": gateway.mint("dave")})
+    assert await erin.connect(gateway.url, auth={"token": gateway.mint("erin")})
+    await dave.wait_for("authenticated")
+    await erin.wait_for("authenticated")
+
+    manager = socketio.AsyncRedisManager(redis_server.url, channel="socketio", write_only=True)
+    try:
+        await manager.emit("x", {"from": "stock manager"}, room="user:dave")
+        await manager.emit("y", [1], room="user:erin")
+    finally:
+        if manager.pubsub is not None:
+            await manager.pubsub.aclose()
+        if manager.redis is not None:
+            await manager.redis.aclose()
+
+    assert await dave.wait_for("x") == {"from": "stock manager"}
+    assert await erin.wait_for("y") == [1]
+    assert erin.named("x") == [] and dave.named("y") == []  # each to its room only

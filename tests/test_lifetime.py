@@ -4,13 +4,18 @@ closing 4010/4011, "Refresh tokens"; §2 disconnect API; §6.5, §6.7, §6.8).""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from gateway import keys
+from gateway.formats import b64url_decode
 from tests.conftest import Gateway, MakeGateway
-from tests.support import ROOT, Probe, http_json
+from tests.support import ROOT, Probe, RedisServer, http_json, redis_contents, wait_subscribed
 
 
 async def call(probe: Probe, event: str, data: Any = None, timeout: float = 5) -> Any:
@@ -165,17 +170,24 @@ async def test_refresh_reuse_revokes_the_family_and_closes_its_sockets(
     probe = await token_socket(gateway, probes)
     first = (await probe.wait_for("refresh_token"))["refreshToken"]
     second = (await call(probe, "refresh", {"refreshToken": first}))["refreshToken"]
+    # §6.5: a socket later authenticated with a token of the family is bound to it too.
+    heir = probes()
+    assert await heir.connect(gateway.url, auth={"refreshToken": second})
+    assert (await heir.wait_for("authenticated"))["via"] == "refresh"
+    third = (await heir.wait_for("refresh_token"))["refreshToken"]
     bystander = await token_socket(gateway, probes)  # same user, another family: unaffected
     await bystander.wait_for("refresh_token")
     thief = probes()
     assert not await thief.connect(gateway.url, auth={"refreshToken": first})
     assert thief.connect_error["data"] == {"code": 4011, "reason": "refresh_reuse"}
-    assert await probe.wait_for("closing") == {"code": 4011, "reason": "refresh_reuse"}
-    await asyncio.wait_for(probe.disconnected.wait(), 5)
+    for member in (probe, heir):
+        assert await member.wait_for("closing") == {"code": 4011, "reason": "refresh_reuse"}
+        await asyncio.wait_for(member.disconnected.wait(), 5)
     # The whole family is revoked: the latest token too.
-    late = probes()
-    assert not await late.connect(gateway.url, auth={"refreshToken": second})
-    assert late.connect_error["data"]["code"] == 4011
+    for token in (second, third):
+        late = probes()
+        assert not await late.connect(gateway.url, auth={"refreshToken": token})
+        assert late.connect_error["data"]["code"] == 4011
     await asyncio.sleep(0.2)
     assert bystander.client.connected and not bystander.named("closing")
 
@@ -207,11 +219,19 @@ async def test_bad_refresh_tokens(gateway: Gateway, probes: Callable[[], Probe])
 async def test_a_new_refresh_token_is_pushed_before_the_bound_one_expires(
     make_gateway: MakeGateway, probes: Callable[[], Probe]
 ) -> None:
-    gateway = await make_gateway(refresh_ttl=3)
+    ttl = 3.0
+    gateway = await make_gateway(refresh_ttl=ttl)
+    started = time.monotonic()  # the first token is issued after this: it expires after started + ttl
     probe = await token_socket(gateway, probes)
     first = await probe.wait_for("refresh_token")
+    received_first = time.monotonic()
     second = await probe.wait_for("refresh_token", count=2, timeout=4)  # at 9/10 of 3 s
+    received_second = time.monotonic()
     assert second["refreshToken"] != first["refreshToken"]
+    # §6.5: pushed only once less than a tenth of refresh_ttl is left (the tolerance
+    # covers the first push's own delivery), and before the first one expires.
+    assert received_second - received_first >= 0.9 * ttl - 0.15
+    assert received_second - started < ttl
     assert (await call(probe, "refresh", {"refreshToken": second["refreshToken"]}))["ok"] is True
 
 
@@ -410,3 +430,109 @@ async def test_no_join_or_message_while_awaiting_reauth(make_gateway: MakeGatewa
     assert await call(probe, "join", {"room": "room:x"}) == expired
     assert (await call(probe, "authenticate", {"token": gateway.mint("alice")}))["ok"] is True
     assert (await call(probe, "message", {"room": "room:x", "data": 2}))["ok"] is True
+
+
+# -- refresh-token connects (§3 credentials table) and storage (§3, §6.2) -------------
+
+
+async def test_a_refresh_token_connect_joins_the_users_room(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    owner = await token_socket(gateway, probes)
+    token = (await owner.wait_for("refresh_token"))["refreshToken"]
+    probe = probes()
+    assert await probe.connect(gateway.url, auth={"refreshToken": token})
+    authenticated = await probe.wait_for("authenticated")
+    assert authenticated["sub"] == "alice" and authenticated["via"] == "refresh"
+    await publish(gateway, "user:alice", "tick", {"seq": 1})
+    assert await probe.wait_for("tick") == {"seq": 1}
+    await publish(gateway, "user:bob", "tick", {"seq": 2})
+    await publish(gateway, "user:alice", "tick", {"seq": 3})
+    await probe.wait_for("tick", count=2)
+    assert seqs(probe) == [1, 3]  # its user's room, no other
+
+
+async def test_a_refresh_token_in_the_query_string_is_no_credential(
+    gateway: Gateway, probes: Callable[[], Probe]
+) -> None:
+    """The credentials table has no query form for refresh tokens: with deferred_auth
+    on, such a socket is pending (no room, no `authenticated`) and the token is untouched."""
+    owner = await token_socket(gateway, probes)
+    token = (await owner.wait_for("refresh_token"))["refreshToken"]
+    pending = probes()
+    assert await pending.connect(gateway.url, query=f"refreshToken={token}")
+    await publish(gateway, "user:alice", "tick", {"seq": 1})
+    await owner.wait_for("tick")
+    # An ack the server sends after the publish comes after anything the publish sent it.
+    refused = await call(pending, "authenticate", {"token": "not-a-jwt"})
+    assert refused == {"ok": False, "error": {"code": 4001, "reason": "invalid_token"}}
+    assert pending.events == []  # no authenticated, refresh_token or tick
+    # The query's token was not presented: it still rotates (no reuse, owner not closed).
+    assert (await call(owner, "refresh", {"refreshToken": token}))["ok"] is True
+    # And the socket is still pending: it can authenticate now.
+    ack = await call(pending, "authenticate", {"token": gateway.mint("alice")})
+    assert ack["ok"] is True and ack["sub"] == "alice"
+    assert (await pending.wait_for("authenticated"))["via"] == "token"
+    assert not owner.named("closing")
+
+
+async def test_a_refresh_token_in_the_query_string_without_deferred_auth_is_refused(
+    make_gateway: MakeGateway, probes: Callable[[], Probe]
+) -> None:
+    gateway = await make_gateway(deferred_auth=False)
+    owner = await token_socket(gateway, probes)
+    token = (await owner.wait_for("refresh_token"))["refreshToken"]
+    refused = probes()
+    assert not await refused.connect(gateway.url, query=f"refreshToken={token}")
+    assert refused.connect_error["data"] == {"code": 4001, "reason": "missing_credentials"}
+    assert (await call(owner, "refresh", {"refreshToken": token}))["ok"] is True  # not consumed
+
+
+@pytest.mark.parametrize("engine", ["redis"])
+async def test_refresh_tokens_are_stored_hashed_and_written_without_padding(
+    gateway: Gateway, probes: Callable[[], Probe], redis_server: RedisServer
+) -> None:
+    probe = await token_socket(gateway, probes)
+    tokens = [(await probe.wait_for("refresh_token"))["refreshToken"]]
+    tokens.append((await call(probe, "refresh", {"refreshToken": tokens[0]}))["refreshToken"])
+    heir = probes()
+    assert await heir.connect(gateway.url, auth={"refreshToken": tokens[1]})
+    tokens.append((await heir.wait_for("refresh_token"))["refreshToken"])
+    assert len(set(tokens)) == 3
+    for token in tokens:
+        assert "=" not in token and re.fullmatch(r"[A-Za-z0-9_-]+", token), token  # §6.2 base64url
+        assert len(b64url_decode(token)) >= 16  # ≥128 bits
+    contents = await redis_contents(redis_server.url)
+    stored = b"\n".join(blob for key, values in contents.items() for blob in (key, *values))
+    for token in tokens:
+        assert hashlib.sha256(token.encode()).hexdigest().encode() in stored  # the records are there...
+        assert token.encode() not in stored  # ...but not the token, as text
+        assert b64url_decode(token) not in stored  # nor as raw bytes
+
+
+async def test_reuse_closes_every_socket_of_the_family_on_every_node(
+    engine: str, make_gateway: MakeGateway, probes: Callable[[], Probe], request: pytest.FixtureRequest
+) -> None:
+    """§6.5: A authenticates with a token and gets R1; B connects (on another node,
+    with the redis engine) with R1 and is bound to the family; R1 presented again,
+    here through the `refresh` event, closes both."""
+    first_node = await make_gateway()
+    second_node = first_node
+    if engine == "redis":
+        second_node = await make_gateway()
+        await wait_subscribed(request.getfixturevalue("redis_server").url, 2)
+    first_tab = await token_socket(first_node, probes)
+    r1 = (await first_tab.wait_for("refresh_token"))["refreshToken"]
+    second_tab = probes()
+    assert await second_tab.connect(second_node.url, auth={"refreshToken": r1})
+    assert (await second_tab.wait_for("authenticated"))["via"] == "refresh"
+    r2 = (await second_tab.wait_for("refresh_token"))["refreshToken"]
+    assert r2 != r1
+    other = await token_socket(first_node, probes)  # another family of the same user
+    await other.wait_for("refresh_token")
+    ack = await call(other, "refresh", {"refreshToken": r1})
+    assert ack == {"ok": False, "error": {"code": 4011, "reason": "refresh_reuse"}}
+    for tab in (first_tab, second_tab):
+        assert await tab.wait_for("closing") == {"code": 4011, "reason": "refresh_reuse"}
+        await asyncio.wait_for(tab.disconnected.wait(), 5)
+    late = probes()
+    assert not await late.connect(first_node.url, auth={"refreshToken": r2})
+    assert late.connect_error["data"]["code"] == 4011

@@ -242,3 +242,28 @@ async def test_jwks_fetch_failure_keeps_old_keys(jwks_server: JwksServer) -> Non
         with pytest.raises(InvalidToken):
             await tokens.verify(jwks_server.token(key, kid="unknown"))
         assert (await tokens.verify(jwks_server.token(key))).sub == "ivy"
+
+
+@pytest.mark.parametrize("claim", ["nbf", "iat"])
+async def test_leeway_applies_to_nbf_and_iat(issuer: Issuer, claim: str) -> None:
+    """PROTOCOL §6.15: a claim in the future by less than the leeway is accepted; beyond
+    it the token is refused as invalid (PyJWT's ImmatureSignatureError), not as expired."""
+    tokens = service(leeway=5, issuers=[issuer.settings])
+    now = int(time.time())
+    assert (await tokens.verify(issuer.token(**{claim: now + 3}))).sub == "ivy"
+    with pytest.raises(InvalidToken) as refused:
+        await tokens.verify(issuer.token(**{claim: now + 20}))
+    assert type(refused.value) is InvalidToken and refused.value.reason == "invalid_token"
+    strict = service(leeway=0, issuers=[issuer.settings])  # the leeway is what admitted +3 s
+    with pytest.raises(InvalidToken):
+        await strict.verify(issuer.token(**{claim: now + 3}))
+
+
+async def test_leeway_applies_to_the_iat_of_gateway_tokens() -> None:
+    tokens = service(leeway=5)
+    token, _ = tokens.mint("a", now=time.time() + 3)  # minted by a node whose clock is 3 s ahead
+    assert (await tokens.verify(token)).sub == "a"
+    token, _ = tokens.mint("a", now=time.time() + 20)
+    with pytest.raises(InvalidToken) as refused:
+        await tokens.verify(token)
+    assert type(refused.value) is InvalidToken
