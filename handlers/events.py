@@ -404,9 +404,9 @@ class SocketHandlers:
         raise InvalidToken("re-authentication must keep the same sub")
 
     async def _refresh_event(self, conn: Conn, payload: dict[str, Any]) -> Ack:
-        rotated = await self._refresh.rotate(payload["refreshToken"])
-        if rotated.sub != conn.sub:
-            raise InvalidToken("this refresh token belongs to another user")
+        if conn.sub is None:  # an auth-session socket: no user, so no refresh token is its own
+            raise InvalidToken("this socket has no user to refresh")
+        rotated = await self._refresh.rotate(payload["refreshToken"], sub=conn.sub)
         await self._lifetime.bind_refresh(conn, rotated.issued)
         return {"ok": True, "refreshToken": rotated.issued.token, "expiresAt": iso_z(rotated.issued.expires_at)}
 

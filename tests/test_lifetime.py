@@ -15,6 +15,7 @@ import pytest
 from gateway import keys
 from gateway.formats import b64url_decode
 from tests.conftest import Gateway, MakeGateway
+from tests.device import initiate
 from tests.support import ROOT, Probe, RedisServer, http_json, redis_contents, wait_subscribed
 
 
@@ -536,3 +537,45 @@ async def test_reuse_closes_every_socket_of_the_family_on_every_node(
     late = probes()
     assert not await late.connect(first_node.url, auth={"refreshToken": r2})
     assert late.connect_error["data"]["code"] == 4011
+
+
+async def test_a_refresh_token_of_another_user_is_refused_and_left_unused(
+    gateway: Gateway, probes: Callable[[], Probe]
+) -> None:
+    """`refresh` with alice's token on bob's socket: an `invalid_token` ack, and
+    alice's token is not consumed (her next rotation is not taken for reuse)."""
+    alice = await token_socket(gateway, probes, "alice")
+    token = (await alice.wait_for("refresh_token"))["refreshToken"]
+    bob = await token_socket(gateway, probes, "bob")
+    ack = await call(bob, "refresh", {"refreshToken": token})
+    assert ack == {"ok": False, "error": {"code": 4001, "reason": "invalid_token"}}
+    rotated = await call(alice, "refresh", {"refreshToken": token})
+    assert rotated["ok"] is True, rotated
+    assert alice.named("closing") == [] and bob.named("closing") == []
+
+
+async def test_a_used_refresh_token_of_another_user_still_counts_as_reuse(
+    gateway: Gateway, probes: Callable[[], Probe]
+) -> None:
+    """A stolen, already rotated token presented on another user's socket still
+    revokes its family: the check of the owner must not hide the theft."""
+    alice = await token_socket(gateway, probes, "alice")
+    first = (await alice.wait_for("refresh_token"))["refreshToken"]
+    assert (await call(alice, "refresh", {"refreshToken": first}))["ok"] is True
+    bob = await token_socket(gateway, probes, "bob")
+    ack = await call(bob, "refresh", {"refreshToken": first})
+    assert ack == {"ok": False, "error": {"code": 4011, "reason": "refresh_reuse"}}
+    assert await alice.wait_for("closing") == {"code": 4011, "reason": "refresh_reuse"}
+    assert bob.named("closing") == []
+
+
+async def test_an_auth_session_socket_cannot_refresh(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    alice = await token_socket(gateway, probes, "alice")
+    token = (await alice.wait_for("refresh_token"))["refreshToken"]
+    session = await initiate(gateway.url, "alice")
+    browser = probes()
+    assert await browser.connect(gateway.url, auth={"sessionId": session["sessionId"], "wsToken": session["wsToken"]})
+    await browser.wait_for("otp_ready")
+    ack = await call(browser, "refresh", {"refreshToken": token})
+    assert ack == {"ok": False, "error": {"code": 4001, "reason": "invalid_token"}}
+    assert (await call(alice, "refresh", {"refreshToken": token}))["ok"] is True  # left unused

@@ -81,16 +81,20 @@ class RefreshService:
         )
         return IssuedRefresh(token=token, hash=token_hash(token), family=family, expires_at=now + self.ttl)
 
-    async def rotate(self, token: object) -> Rotated:
-        """Rotate a presented token; raise InvalidToken, Revoked or RefreshReuse."""
+    async def rotate(self, token: object, *, sub: str | None = None) -> Rotated:
+        """Rotate a presented token; raise InvalidToken, Revoked or RefreshReuse.
+
+        With ``sub`` (the `refresh` event of an authenticated socket) a live
+        token of another user is refused and left unused; an already rotated
+        one still counts as reuse, wherever it is presented."""
         if not isinstance(token, str) or not 16 <= len(token) <= 128:
             raise InvalidToken("malformed refresh token")
-        rotated = await self.rotate_hash(token_hash(token))
+        rotated = await self.rotate_hash(token_hash(token), sub=sub)
         if rotated is None:  # only a renewal can be stale
             raise InvalidToken("unknown or expired refresh token")
         return rotated
 
-    async def rotate_hash(self, old_hash: str, *, renewal: bool = False) -> Rotated | None:
+    async def rotate_hash(self, old_hash: str, *, renewal: bool = False, sub: str | None = None) -> Rotated | None:
         """Rotate by hash. With ``renewal`` (the gateway pushing a successor before
         expiry) a token a client already rotated is left alone: None."""
         now = time.time()
@@ -99,6 +103,9 @@ class RefreshService:
         old = await self._store.get_record(f"refresh:{old_hash}")
         if old is None:
             raise InvalidToken("unknown or expired refresh token")
+        # A record's sub never changes, so this read needs no lock.
+        if sub is not None and old["sub"] != sub and old["state"] == "active":
+            raise InvalidToken("this refresh token belongs to another user")
         family, sub = old["family"], old["sub"]
         claims = json.loads(old["claims"])
         fields = self._record(sub=sub, family=family, claims=claims, now=now)
