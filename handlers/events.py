@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import socketio
-from marshmallow import Schema, ValidationError
+from marshmallow import Schema
 
 from gateway.auth.refresh import RefreshService
 from gateway.auth.sessions import SessionService, session_room
@@ -96,16 +96,6 @@ def ack_error(exc: GatewayError) -> Ack:
     return {"ok": False, "error": {"code": _code(_ACK_CODES, exc, 4000), "reason": exc.reason}}
 
 
-def load(schema: Schema, data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise InvalidRequest("the payload must be an object")
-    try:
-        loaded: dict[str, Any] = schema.load(data)
-    except ValidationError as exc:
-        raise InvalidRequest(schemas.first_error(exc)) from None
-    return loaded
-
-
 def read_credentials(auth: Any, environ: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
     """PROTOCOL §3 and §6.12: the one credential kind, from ``auth`` or else the query string."""
     if auth:
@@ -121,7 +111,7 @@ def read_credentials(auth: Any, environ: Mapping[str, Any]) -> tuple[str, dict[s
                 if len(values) > 1:
                     raise AmbiguousCredentials(f"{name} given more than once")
                 source[name] = values[0]
-    data = load(schemas.ConnectAuth(), source)
+    data = schemas.load(schemas.ConnectAuth(), source)
     kinds = {kind for kind, fields in _KINDS.items() if fields & data.keys()}
     if len(kinds) > 1:
         raise AmbiguousCredentials("send exactly one kind of credentials")
@@ -350,7 +340,7 @@ class SocketHandlers:
             try:
                 if conn.awaiting_reauth and event in ("join", "message"):
                     raise AuthExpired("re-authenticate first: this socket's authentication expired")
-                return await action(conn, load(schema, data))
+                return await action(conn, schemas.load(schema, data))
             except GatewayError as exc:
                 logger.info("event %s from sid=%s refused: %s", event, sid, exc.reason)
                 return ack_error(exc)

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp_remotes import XForwardedFiltered
-from marshmallow import Schema, ValidationError
+from marshmallow import Schema
 
 from gateway import keys
 from gateway.auth.sessions import TOTP_DIGITS, TOTP_PERIOD
@@ -169,13 +169,7 @@ async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
         payload = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InvalidRequest("body is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise InvalidRequest("body must be a JSON object")
-    try:
-        data: dict[str, Any] = schema.load(payload)
-    except ValidationError as exc:
-        raise InvalidRequest(schemas.first_error(exc)) from None
-    return data
+    return schemas.load(schema, payload, not_an_object="body must be a JSON object")
 
 
 def bearer(request: web.Request) -> str:

@@ -9,7 +9,19 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from gateway.errors import InvalidRequest
 from gateway.realtime import RESERVED_EVENTS, ROOM_PATTERN
+
+
+def load(schema: Schema, data: Any, *, not_an_object: str = "the payload must be an object") -> dict[str, Any]:
+    """``data`` validated by ``schema``, or InvalidRequest naming the first bad field."""
+    if not isinstance(data, dict):
+        raise InvalidRequest(not_an_object)
+    try:
+        loaded: dict[str, Any] = schema.load(data)
+    except ValidationError as exc:
+        raise InvalidRequest(first_error(exc)) from None
+    return loaded
 
 
 def first_error(exc: ValidationError) -> str:

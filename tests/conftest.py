@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from gateway import keys
 from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.config import Config, load_config
-from tests.support import GatewayProcess, NodeScripts, Probe, RedisServer, http_json, keygen, write_toml
+from tests.support import GatewayProcess, NodeScripts, Probe, RedisServer, http_json, keygen, publish, write_toml
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +67,15 @@ class Gateway:
 
     def mint(self, sub: str = "alice", **kwargs: Any) -> str:
         return self.app[keys.tokens].mint(sub, **kwargs)[0]
+
+    async def publish(self, room: str, event: str, data: Any) -> None:
+        await publish(self.url, self.config.admin_token, room, event, data)
+
+    async def disconnect_user(self, sub: str, *, revoke: bool) -> tuple[int, Any]:
+        """POST /api/users/{sub}/disconnect as the admin: (status, body)."""
+        url = f"{self.url}/api/users/{sub}/disconnect"
+        status, body, _ = await http_json("POST", url, token=self.config.admin_token, json={"revokeTokens": revoke})
+        return status, body
 
     async def ticket(self, sub: str = "alice", **mint: Any) -> str:
         status, body, _ = await http_json("POST", f"{self.url}/ws/ticket", token=self.mint(sub, **mint))

@@ -285,6 +285,14 @@ async def http_json(
         return resp.status, body, dict(resp.headers)
 
 
+async def publish(url: str, admin_token: str, room: str, event: str, data: Any) -> None:
+    """POST /api/publish to the gateway (or proxy) at ``url``; it must be accepted."""
+    status, body, _ = await http_json(
+        "POST", f"{url}/api/publish", token=admin_token, json={"room": room, "event": event, "data": data}
+    )
+    assert status == 202, body
+
+
 @contextlib.contextmanager
 def gateway_processes(*procs: GatewayProcess) -> Iterator[tuple[GatewayProcess, ...]]:
     try:
@@ -505,3 +513,19 @@ async def redis_contents(url: str) -> dict[bytes, list[bytes]]:
         return contents
     finally:
         await client.aclose()
+
+
+async def raw_frames(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5) -> tuple[list[Any], int | None]:
+    """Every JSON frame until the server's close frame, and that frame's code (what
+    a browser's CloseEvent.code reports; aiohttp's own ``close_code`` says 1006
+    because the server drops TCP right after its close frame)."""
+    frames = []
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await ws.receive()
+            if message.type == aiohttp.WSMsgType.TEXT:
+                frames.append(json.loads(message.data))
+            elif message.type == aiohttp.WSMsgType.CLOSE:
+                return frames, int(message.data)
+            else:
+                return frames, None

@@ -29,13 +29,7 @@ async def test_ticket_connect_joins_user_room_and_emits_authenticated(
     assert authenticated["via"] == "ticket"
     # §6.14: a ticket socket expires with the token the ticket was issued for.
     assert authenticated["expiresAt"] in {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(exp + d)) for d in (-1, 0, 1)}
-    status, _, _ = await http_json(
-        "POST",
-        f"{gateway.url}/api/publish",
-        token=gateway.config.admin_token,
-        json={"room": "user:alice", "event": "note", "data": {"n": 1}},
-    )
-    assert status == 202
+    await gateway.publish("user:alice", "note", {"n": 1})
     assert await probe.wait_for("note") == {"n": 1}
 
 

@@ -15,7 +15,7 @@ from gateway.auth.tokens import TokenService
 from gateway.config import load_config
 from gateway.emitter import Emitter
 from tests.conftest import MakeGateway
-from tests.support import GatewayProcess, Probe, RawSocketIO, RedisServer, http_json, wait_subscribed
+from tests.support import GatewayProcess, Probe, RawSocketIO, RedisServer, http_json, publish, wait_subscribed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -104,10 +104,7 @@ async def test_redis_outage_then_recovery_without_restarting_the_gateway(
     assert await after.connect(node.url, auth={"ticket": await issue_ticket(node, token)})
     assert (await after.wait_for("authenticated"))["sub"] == "alice"
 
-    status, body, _ = await http_json(
-        "POST", f"{node.url}/api/publish", token=ADMIN_TOKEN, json={"room": "user:alice", "event": "back", "data": 1}
-    )
-    assert status == 202, body
+    await publish(node.url, ADMIN_TOKEN, "user:alice", "back", 1)
     assert await before.wait_for("back") == 1
     # The refused publish reached no socket, not even on its own node: a retry
     # after the 503 cannot duplicate it.

@@ -59,16 +59,6 @@ def js(node_scripts: NodeScripts) -> StartJs:
     return start
 
 
-async def publish(gateway: Gateway, room: str, event: str, data: Any) -> None:
-    status, body, _ = await http_json(
-        "POST",
-        f"{gateway.url}/api/publish",
-        token=gateway.config.admin_token,
-        json={"room": room, "event": event, "data": data},
-    )
-    assert status == 202, body
-
-
 def iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
@@ -201,8 +191,8 @@ async def test_ticket_connect_polling_then_websocket_gets_authenticated_and_publ
 
     # Published after the upgrade: it travels over the WebSocket. Bob's goes
     # first: had it reached alice, it would come before hers.
-    await publish(gateway, "user:bob", "note", {"n": "not for alice"})
-    await publish(gateway, "user:alice", "note", {"n": 1})
+    await gateway.publish("user:bob", "note", {"n": "not for alice"})
+    await gateway.publish("user:alice", "note", {"n": 1})
     lines = await client.finish()
 
     events = [line["event"] for line in lines]
@@ -223,7 +213,7 @@ async def test_token_connect_websocket_only(gateway: Gateway, js: StartJs) -> No
     authenticated = await client.wait_for("authenticated")
     assert authenticated["args"][0]["via"] == "token"
     assert authenticated["args"][0]["sub"] == "bob"
-    await publish(gateway, "user:bob", "note", ["hello"])
+    await gateway.publish("user:bob", "note", ["hello"])
     lines = await client.finish()
     assert lines[0] == {"event": "open", "transport": "websocket"}
     assert "upgrade" not in [line["event"] for line in lines]
@@ -287,7 +277,7 @@ async def test_js_client_from_an_allowed_origin_connects_and_upgrades(make_gatew
     client = await js(gateway.url, auth={"ticket": ticket}, extraHeaders={"Origin": APP}, until=["note"])
     assert (await client.wait_for("authenticated"))["args"][0]["sub"] == "alice"
     assert (await client.wait_for("upgrade"))["transport"] == "websocket"
-    await publish(gateway, "user:alice", "note", {"n": 2})
+    await gateway.publish("user:alice", "note", {"n": 2})
     lines = await client.finish()
     assert lines[-1] == {"event": "emit", "name": "note", "args": [{"n": 2}]}
     assert "connect_error" not in [line["event"] for line in lines]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Gateway
-from tests.support import NodeScript, NodeScripts, http_json
+from tests.support import NodeScript, NodeScripts
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,13 +65,7 @@ async def test_js_client_authenticates_after_connect_and_receives_user_events(
     authenticated = client.events()[0]["data"]
     assert authenticated == {"sub": "alice", "expiresAt": ack["expiresAt"], "via": "token"}
 
-    status, body, _ = await http_json(
-        "POST",
-        f"{gateway.url}/api/publish",
-        token=gateway.config.admin_token,
-        json={"room": "user:alice", "event": "hello", "data": {"n": 1, "text": "for alice"}},
-    )
-    assert status == 202, body
+    await gateway.publish("user:alice", "hello", {"n": 1, "text": "for alice"})
     disconnect = await client.wait_for("disconnect")  # the script disconnects once `hello` arrived
     assert disconnect["reason"] == "io client disconnect"
     assert [e["data"] for e in client.events("hello")] == [{"n": 1, "text": "for alice"}]
@@ -84,13 +78,7 @@ async def test_js_client_publish_to_another_user_does_not_arrive(gateway: Gatewa
     client = await js_clients(gateway.url, "authenticate", gateway.mint("alice"))
     assert (await client.wait_for("ack"))["ack"]["ok"] is True
     for room, n in (("user:bob", 1), ("user:alice", 2)):
-        status, body, _ = await http_json(
-            "POST",
-            f"{gateway.url}/api/publish",
-            token=gateway.config.admin_token,
-            json={"room": room, "event": "hello", "data": {"n": n}},
-        )
-        assert status == 202, body
+        await gateway.publish(room, "hello", {"n": n})
     await client.wait_for("disconnect")
     assert [e["data"] for e in client.events("hello")] == [{"n": 2}]
     await client.finish()

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Gateway, MakeGateway
-from tests.support import NodeScript, NodeScripts, Probe, http_json
+from tests.conftest import MakeGateway
+from tests.support import NodeScript, NodeScripts, Probe
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,16 +59,6 @@ def js_clients(node_scripts: NodeScripts) -> StartJsClient:
     return start
 
 
-async def publish(gateway: Gateway, seq: int) -> None:
-    status, body, _ = await http_json(
-        "POST",
-        f"{gateway.url}/api/publish",
-        token=gateway.config.admin_token,
-        json={"room": "user:alice", "event": "tick", "data": {"seq": seq}},
-    )
-    assert status == 202, body
-
-
 def instant(text: str) -> float:
     assert text.endswith("Z"), text
     return datetime.fromisoformat(text).timestamp()
@@ -103,7 +93,7 @@ async def test_official_client_reauthenticates_and_gets_the_held_events_in_order
     await client.wait(lambda line: line["event"] == "ready")
 
     for seq in (1, 2, 3):  # during the hold
-        await publish(gateway, seq)
+        await gateway.publish("user:alice", "tick", {"seq": seq})
     await asyncio.sleep(0.3)
     assert client.emitted("tick") == []
 
@@ -115,7 +105,7 @@ async def test_official_client_reauthenticates_and_gets_the_held_events_in_order
     assert client.index(lambda line: line["event"] == "sent" and line["name"] == "authenticate") < client.index(
         is_emit("tick")
     )
-    await publish(gateway, 4)
+    await gateway.publish("user:alice", "tick", {"seq": 4})
     await client.emit_wait("tick", count=4)
     assert [data["seq"] for data in client.emitted("tick")] == [1, 2, 3, 4]
     assert client.emitted("closing") == []

@@ -30,16 +30,6 @@ async def token_socket(gateway: Gateway, probes: Callable[[], Probe], sub: str =
     return probe
 
 
-async def publish(gateway: Gateway, room: str, event: str, data: Any) -> None:
-    status, body, _ = await http_json(
-        "POST",
-        f"{gateway.url}/api/publish",
-        token=gateway.config.admin_token,
-        json={"room": room, "event": event, "data": data},
-    )
-    assert status == 202, body
-
-
 def seqs(probe: Probe, event: str = "tick") -> list[int]:
     return [data["seq"] for data in probe.named(event)]
 
@@ -63,7 +53,7 @@ async def test_on_expiry_ignore(make_gateway: MakeGateway, probes: Callable[[], 
     await asyncio.sleep(2.0)
     assert probe.client.connected
     assert not probe.named("auth_expiring") and not probe.named("reauth_required") and not probe.named("closing")
-    await publish(gateway, "user:alice", "tick", {"seq": 1})
+    await gateway.publish("user:alice", "tick", {"seq": 1})
     assert (await probe.wait_for("tick"))["seq"] == 1
 
 
@@ -76,13 +66,13 @@ async def test_reauth_holds_events_in_order_and_delivers_them(
     required = await probe.wait_for("reauth_required", timeout=3)
     assert required["deadline"].endswith("Z")
     for seq in range(1, 6):
-        await publish(gateway, "user:alice", "tick", {"seq": seq})
+        await gateway.publish("user:alice", "tick", {"seq": seq})
     await asyncio.sleep(0.3)
     assert seqs(probe) == []  # held, not delivered
     ack = await call(probe, "authenticate", {"token": gateway.mint("alice", ttl=600)})
     assert ack["ok"] is True and ack["sub"] == "alice" and "dropped" not in ack
     await probe.wait_for("tick", count=5)
-    await publish(gateway, "user:alice", "tick", {"seq": 6})
+    await gateway.publish("user:alice", "tick", {"seq": 6})
     await probe.wait_for("tick", count=6)
     assert seqs(probe) == [1, 2, 3, 4, 5, 6]
     assert not probe.named("closing")
@@ -108,7 +98,7 @@ async def test_held_events_over_the_cap_are_dropped_and_reported(
     probe = await token_socket(gateway, probes, ttl=1)
     await probe.wait_for("reauth_required", timeout=3)
     for seq in range(1, 6):
-        await publish(gateway, "user:alice", "tick", {"seq": seq})
+        await gateway.publish("user:alice", "tick", {"seq": seq})
     ack = await call(probe, "authenticate", {"token": gateway.mint("alice")})
     assert ack["ok"] is True and ack["dropped"] == 2
     await probe.wait_for("tick", count=3)
@@ -124,12 +114,12 @@ async def test_grace_over_closes_4010_and_the_next_socket_gets_the_held_events_f
     probe = await token_socket(gateway, probes, ttl=1)
     await probe.wait_for("reauth_required", timeout=3)
     for seq in range(1, 4):
-        await publish(gateway, "user:alice", "tick", {"seq": seq})
+        await gateway.publish("user:alice", "tick", {"seq": seq})
     assert await probe.wait_for("closing", timeout=3) == {"code": 4010, "reason": "auth_expired"}
     assert seqs(probe) == []
     nxt = probes()
     assert await nxt.connect(gateway.url, auth={"ticket": await gateway.ticket("alice")})
-    await publish(gateway, "user:alice", "tick", {"seq": 4})
+    await gateway.publish("user:alice", "tick", {"seq": 4})
     await nxt.wait_for("tick", count=4)
     assert seqs(nxt) == [1, 2, 3, 4]
     # Delivered once: a further socket of the user gets nothing old.
@@ -250,12 +240,7 @@ async def test_disconnect_without_revocation(gateway: Gateway, probes: Callable[
     token = gateway.mint("alice")
     sockets = [await token_socket(gateway, probes) for _ in range(2)]
     other = await token_socket(gateway, probes, "bob")
-    status, body, _ = await http_json(
-        "POST",
-        f"{gateway.url}/api/users/alice/disconnect",
-        token=gateway.config.admin_token,
-        json={"revokeTokens": False},
-    )
+    status, body = await gateway.disconnect_user("alice", revoke=False)
     assert (status, body) == (200, {"disconnected": 2})
     for probe in sockets:
         assert await probe.wait_for("closing") == {"code": 4011, "reason": "disconnected"}
@@ -271,12 +256,7 @@ async def test_disconnect_with_revocation(gateway: Gateway, probes: Callable[[],
     refresh = (await probe.wait_for("refresh_token"))["refreshToken"]
     pending = probes()
     assert await pending.connect(gateway.url)
-    status, body, _ = await http_json(
-        "POST",
-        f"{gateway.url}/api/users/alice/disconnect",
-        token=gateway.config.admin_token,
-        json={"revokeTokens": True},
-    )
+    status, body = await gateway.disconnect_user("alice", revoke=True)
     assert (status, body) == (200, {"disconnected": 1})
     assert await probe.wait_for("closing") == {"code": 4011, "reason": "revoked"}
     refused = probes()
@@ -338,7 +318,7 @@ async def test_reauth_as_another_user_leaves_that_users_parked_events_alone(
     gateway = await make_gateway(on_expiry="reauth", expiry_warning=0, reauth_grace=0.5, refresh_tokens=False)
     bob = await token_socket(gateway, probes, "bob", ttl=1)
     await bob.wait_for("reauth_required", timeout=3)
-    await publish(gateway, "user:bob", "tick", {"seq": 1})
+    await gateway.publish("user:bob", "tick", {"seq": 1})
     assert await bob.wait_for("closing", timeout=3) == {"code": 4010, "reason": "auth_expired"}  # parked for bob
     for credential in ({"token": gateway.mint("bob")}, {"ticket": await gateway.ticket("bob")}):
         alice = await token_socket(gateway, probes, "alice")  # each refusal closes the socket (§6.8)
@@ -356,11 +336,11 @@ async def test_a_socket_leaving_during_the_hold_parks_its_events(
     first = await token_socket(gateway, probes, ttl=1)
     await first.wait_for("reauth_required", timeout=3)
     for seq in (1, 2):
-        await publish(gateway, "user:alice", "tick", {"seq": seq})
+        await gateway.publish("user:alice", "tick", {"seq": seq})
     await first.close()  # a page reload instead of re-authenticating
     await asyncio.sleep(0.3)
     nxt = await token_socket(gateway, probes)
-    await publish(gateway, "user:alice", "tick", {"seq": 3})
+    await gateway.publish("user:alice", "tick", {"seq": 3})
     await nxt.wait_for("tick", count=3)
     assert seqs(nxt) == [1, 2, 3]
 
@@ -381,12 +361,7 @@ async def test_renewal_of_a_token_a_client_rotated_is_not_reuse(
 async def test_a_revoked_token_is_refused_in_a_message(make_gateway: MakeGateway, probes: Callable[[], Probe]) -> None:
     gateway = await make_gateway(per_message_auth=True, public_rooms=["room:q"])
     old = gateway.mint("alice")
-    status, _, _ = await http_json(
-        "POST",
-        f"{gateway.url}/api/users/alice/disconnect",
-        token=gateway.config.admin_token,
-        json={"revokeTokens": True},
-    )
+    status, _ = await gateway.disconnect_user("alice", revoke=True)
     assert status == 200
     probe = await token_socket(gateway, probes)
     assert (await call(probe, "join", {"room": "room:q"}))["ok"]
@@ -414,7 +389,7 @@ async def test_auth_that_expires_during_the_connect_still_gets_the_reauth_rules(
     assert await probe.connect(gateway.url, auth={"token": gateway.mint("alice", ttl=1, now=time.time() - 3)})
     await probe.wait_for("reauth_required")
     assert [name for name, _ in probe.events][:2] == ["authenticated", "reauth_required"]
-    await publish(gateway, "user:alice", "tick", {"seq": 1})
+    await gateway.publish("user:alice", "tick", {"seq": 1})
     assert await probe.wait_for("closing", timeout=3) == {"code": 4010, "reason": "auth_expired"}
     assert seqs(probe) == []  # held, then parked: not delivered to the expired socket
 
@@ -443,10 +418,10 @@ async def test_a_refresh_token_connect_joins_the_users_room(gateway: Gateway, pr
     assert await probe.connect(gateway.url, auth={"refreshToken": token})
     authenticated = await probe.wait_for("authenticated")
     assert authenticated["sub"] == "alice" and authenticated["via"] == "refresh"
-    await publish(gateway, "user:alice", "tick", {"seq": 1})
+    await gateway.publish("user:alice", "tick", {"seq": 1})
     assert await probe.wait_for("tick") == {"seq": 1}
-    await publish(gateway, "user:bob", "tick", {"seq": 2})
-    await publish(gateway, "user:alice", "tick", {"seq": 3})
+    await gateway.publish("user:bob", "tick", {"seq": 2})
+    await gateway.publish("user:alice", "tick", {"seq": 3})
     await probe.wait_for("tick", count=2)
     assert seqs(probe) == [1, 3]  # its user's room, no other
 
@@ -460,7 +435,7 @@ async def test_a_refresh_token_in_the_query_string_is_no_credential(
     token = (await owner.wait_for("refresh_token"))["refreshToken"]
     pending = probes()
     assert await pending.connect(gateway.url, query=f"refreshToken={token}")
-    await publish(gateway, "user:alice", "tick", {"seq": 1})
+    await gateway.publish("user:alice", "tick", {"seq": 1})
     await owner.wait_for("tick")
     # An ack the server sends after the publish comes after anything the publish sent it.
     refused = await call(pending, "authenticate", {"token": "not-a-jwt"})

@@ -7,7 +7,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import re
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ import pytest
 from gateway import keys
 from tests.conftest import Gateway, MakeGateway
 from tests.device import Device, b64url, initiate
-from tests.support import Probe, http_json
+from tests.support import Probe, http_json, raw_frames
 
 
 def wrong(otp: str) -> str:
@@ -359,21 +358,6 @@ async def raw_connect(
     return http, ws
 
 
-async def raw_frames(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5) -> tuple[list[Any], int | None]:
-    """Every JSON frame until the server's close frame, and that frame's code
-    (what a browser's CloseEvent.code reports)."""
-    frames = []
-    async with asyncio.timeout(timeout):
-        while True:
-            message = await ws.receive()
-            if message.type == aiohttp.WSMsgType.TEXT:
-                frames.append(json.loads(message.data))
-            elif message.type == aiohttp.WSMsgType.CLOSE:
-                return frames, int(message.data)
-            else:
-                return frames, None
-
-
 async def test_raw_endpoint_approval(gateway: Gateway) -> None:
     device = await enrolled(gateway)
     session = await initiate(gateway.url, "alice")
@@ -514,17 +498,8 @@ async def test_session_socket_is_in_the_session_room_only(gateway: Gateway, prob
     browser = await session_probe(gateway, probes, session)
     await browser.wait_for("otp_ready")
 
-    async def publish(room: str, event: str) -> None:
-        status, body, _ = await http_json(
-            "POST",
-            f"{gateway.url}/api/publish",
-            token=gateway.config.admin_token,
-            json={"room": room, "event": event, "data": {"room": room}},
-        )
-        assert status == 202, body
-
     # Published in this order: had the socket been in user:alice, "to_user" would come first.
-    await publish("user:alice", "to_user")
-    await publish(f"session:{session['sessionId']}", "to_session")
+    await gateway.publish("user:alice", "to_user", {"room": "user:alice"})
+    await gateway.publish(f"session:{session['sessionId']}", "to_session", {"room": f"session:{session['sessionId']}"})
     assert await browser.wait_for("to_session") == {"room": f"session:{session['sessionId']}"}
     assert browser.named("to_user") == []

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.cluster.conftest import ADMIN_TOKEN, cli_token
-from tests.support import GatewayProcess, Probe, http_json, metric_value
+from tests.support import GatewayProcess, Probe, http_json, metric_value, publish
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,13 +25,6 @@ async def issue_ticket(node: GatewayProcess, token: str) -> str:
     status, body, _ = await http_json("POST", f"{node.url}/ws/ticket", token=token)
     assert status == 201, body
     return str(body["ticket"])
-
-
-async def publish(node: GatewayProcess, room: str, event: str, data: object) -> None:
-    status, body, _ = await http_json(
-        "POST", f"{node.url}/api/publish", token=ADMIN_TOKEN, json={"room": room, "event": event, "data": data}
-    )
-    assert status == 202, body
 
 
 async def metric(node: GatewayProcess, name: str) -> float:
@@ -94,8 +87,8 @@ async def test_publish_on_one_node_reaches_a_socket_on_the_other(two_nodes: Node
     await alice.wait_for("authenticated")
     await bob.wait_for("authenticated")
 
-    await publish(b, "user:alice", "invoice_paid", {"id": 42})
-    await publish(b, "user:bob", "note", {"n": 1})
+    await publish(b.url, ADMIN_TOKEN, "user:alice", "invoice_paid", {"id": 42})
+    await publish(b.url, ADMIN_TOKEN, "user:bob", "note", {"n": 1})
 
     assert await alice.wait_for("invoice_paid") == {"id": 42}
     # Node b handled alice's event before bob's (each publish is delivered on

@@ -22,7 +22,7 @@ from gateway.auth.tokens import TokenService
 from gateway.config import load_config
 from tests.cluster.conftest import ADMIN_TOKEN, cli_token
 from tests.cluster.test_cluster import writes_held
-from tests.support import GatewayProcess, Probe, http_json, wait_for_port, wait_subscribed
+from tests.support import GatewayProcess, Probe, http_json, publish, wait_for_port, wait_subscribed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,13 +68,6 @@ async def refused(node: GatewayProcess, probes: Callable[[], Probe], auth: dict[
     return probe.connect_error["data"]
 
 
-async def publish(node: GatewayProcess, room: str, event: str, data: Any) -> None:
-    status, body, _ = await http_json(
-        "POST", f"{node.url}/api/publish", token=ADMIN_TOKEN, json={"room": room, "event": event, "data": data}
-    )
-    assert status == 202, body
-
-
 async def call(probe: Probe, event: str, data: Any) -> Any:
     return await probe.client.call(event, data, timeout=5)
 
@@ -109,7 +102,7 @@ async def test_held_events_of_an_expired_socket_reach_the_next_socket_on_the_oth
     required = await first.wait_for("reauth_required", timeout=4)
     assert required["deadline"].endswith("Z")
     for seq in range(1, 6):  # published on b, held on a
-        await publish(b, "user:alice", "tick", {"seq": seq})
+        await publish(b.url, ADMIN_TOKEN, "user:alice", "tick", {"seq": seq})
 
     assert await first.wait_for("closing", timeout=4) == {"code": 4010, "reason": "auth_expired"}
     await asyncio.wait_for(first.disconnected.wait(), 5)
@@ -118,7 +111,7 @@ async def test_held_events_of_an_expired_socket_reach_the_next_socket_on_the_oth
     assert length == 5 and 0 < pttl <= 60_000  # parked for refresh_ttl
 
     nxt = await connected(b, probes, {"token": tokens.mint("alice")[0]})
-    await publish(a, "user:alice", "tick", {"seq": 6})
+    await publish(a.url, ADMIN_TOKEN, "user:alice", "tick", {"seq": 6})
     await nxt.wait_for("tick", count=6)
     assert seqs(nxt) == [1, 2, 3, 4, 5, 6]
     assert (await parked(cluster_settings["redis_url"], "alice"))[0] == 0  # taken once
@@ -208,14 +201,14 @@ async def test_held_events_of_a_socket_that_leaves_during_the_hold_reach_the_nex
     first = await connected(a, probes, {"token": tokens.mint("alice", ttl=SHORT_TTL)[0]})
     await first.wait_for("reauth_required", timeout=4)
     for seq in range(1, 4):
-        await publish(b, "user:alice", "tick", {"seq": seq})
+        await publish(b.url, ADMIN_TOKEN, "user:alice", "tick", {"seq": seq})
     await asyncio.sleep(0.3)  # held on a
     await first.close()  # the page reloads instead of re-authenticating
     async with asyncio.timeout(5):  # node a parks what the socket held as it goes
         while (await parked(cluster_settings["redis_url"], "alice"))[0] < 3:
             await asyncio.sleep(0.05)
     nxt = await connected(b, probes, {"token": tokens.mint("alice")[0]})
-    await publish(a, "user:alice", "tick", {"seq": 4})
+    await publish(a.url, ADMIN_TOKEN, "user:alice", "tick", {"seq": 4})
     await nxt.wait_for("tick", count=4)
     assert seqs(nxt) == [1, 2, 3, 4]
 

@@ -15,7 +15,7 @@ import pytest
 from gateway.auth.tokens import TokenService
 from gateway.config import load_config
 from tests.cluster.conftest import ADMIN_TOKEN
-from tests.support import ROOT, GatewayProcess, Probe, free_port, http_json, metric_value, wait_for_port, which
+from tests.support import ROOT, GatewayProcess, Probe, free_port, http_json, metric_value, publish, wait_for_port, which
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -128,13 +128,6 @@ async def host_and_other(nodes: Nodes) -> tuple[GatewayProcess, GatewayProcess]:
     return (nodes[0], nodes[1]) if counts[0] == 1 else (nodes[1], nodes[0])
 
 
-async def publish(node: GatewayProcess | Nginx, room: str, event: str, data: Any) -> None:
-    status, body, _ = await http_json(
-        "POST", f"{node.url}/api/publish", token=ADMIN_TOKEN, json={"room": room, "event": event, "data": data}
-    )
-    assert status == 202, body
-
-
 async def test_polling_client_upgrades_through_nginx_and_hears_the_other_node(
     nginx: Nginx, two_nodes: Nodes, mint: Callable[[str], str], probes: Callable[[], Probe]
 ) -> None:
@@ -152,7 +145,7 @@ async def test_polling_client_upgrades_through_nginx_and_hears_the_other_node(
         await asyncio.sleep(0.05)
 
     _, other = await host_and_other(two_nodes)
-    await publish(other, "user:alice", "invoice_paid", {"id": 7})
+    await publish(other.url, ADMIN_TOKEN, "user:alice", "invoice_paid", {"id": 7})
     assert await probe.wait_for("invoice_paid") == {"id": 7}
     assert probe.client.connected
     assert probe.named("__disconnect__") == []
@@ -166,8 +159,8 @@ async def test_websocket_only_client_through_nginx(
     assert await probe.connect(nginx.url, auth={"token": mint("bob")}, transports=("websocket",))
     assert (await probe.wait_for("authenticated"))["sub"] == "bob"
     _, other = await host_and_other(two_nodes)
-    await publish(other, "user:bob", "note", "from the other node")
-    await publish(nginx, "user:bob", "note", "through nginx")
+    await publish(other.url, ADMIN_TOKEN, "user:bob", "note", "from the other node")
+    await publish(nginx.url, ADMIN_TOKEN, "user:bob", "note", "through nginx")
     await probe.wait_for("note", count=2)
     assert sorted(probe.named("note")) == ["from the other node", "through nginx"]
 

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,7 +21,7 @@ import pytest
 
 from tests.cluster.conftest import ADMIN_TOKEN
 from tests.device import Device, b64url, initiate
-from tests.support import GatewayProcess, Probe, http_json
+from tests.support import GatewayProcess, Probe, http_json, raw_frames
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,22 +55,6 @@ async def raw_socket(node: GatewayProcess, session: dict[str, Any]) -> AsyncIter
             first = await asyncio.wait_for(ws.receive_json(), 5)
             assert first["type"] == "otp_ready"
             yield ws
-
-
-async def raw_frames(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5) -> tuple[list[Any], int | None]:
-    """Every JSON frame until the server's close frame, and that frame's code (what
-    a browser's CloseEvent.code reports; aiohttp's own ``close_code`` says 1006
-    because the server drops TCP right after its close frame)."""
-    frames = []
-    async with asyncio.timeout(timeout):
-        while True:
-            message = await ws.receive()
-            if message.type == aiohttp.WSMsgType.TEXT:
-                frames.append(json.loads(message.data))
-            elif message.type == aiohttp.WSMsgType.CLOSE:
-                return frames, int(message.data)
-            else:
-                return frames, None
 
 
 async def still_open(probe: Probe, *, settle: float = 0.3) -> bool:
