@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway import __version__, keys
+from gateway.auth.admission import Admission
 from gateway.auth.refresh import RefreshService
 from gateway.auth.sessions import SessionService
 from gateway.auth.tickets import TicketService
@@ -67,8 +68,17 @@ def create_app(config: Config) -> web.Application:
     tickets = TicketService(store=store, ttl=config.ticket_ttl)
     sessions = SessionService(config=config, store=store, tokens=tokens, realtime=realtime)
     refresh = RefreshService(store=store, realtime=realtime, ttl=config.refresh_ttl)
-    lifetime = Lifetime(
-        config=config, store=store, tickets=tickets, refresh=refresh, realtime=realtime, metrics=metrics
+    lifetime = Lifetime(config=config, store=store, refresh=refresh, realtime=realtime, metrics=metrics)
+    admission = Admission(
+        config=config,
+        store=store,
+        tokens=tokens,
+        tickets=tickets,
+        sessions=sessions,
+        refresh=refresh,
+        lifetime=lifetime,
+        realtime=realtime,
+        metrics=metrics,
     )
 
     app[keys.config] = config
@@ -83,16 +93,9 @@ def create_app(config: Config) -> web.Application:
     app[keys.openapi] = build_openapi(version=__version__)
 
     messages = MessageService(store=store, realtime=realtime, maxlen=config.upstream_maxlen)
-    SocketHandlers(
-        config=config,
-        tokens=tokens,
-        sessions=sessions,
-        refresh=refresh,
-        lifetime=lifetime,
-        messages=messages,
-        realtime=realtime,
-        metrics=metrics,
-    ).register(sio)
+    SocketHandlers(config=config, admission=admission, messages=messages, realtime=realtime, metrics=metrics).register(
+        sio
+    )
     sio.attach(app, socketio_path=SOCKETIO_PATH)
     http.setup_routes(app)
     app.router.add_get(RAW_SESSION_PREFIX + "{sessionId}", session_socket)

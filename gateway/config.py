@@ -91,6 +91,11 @@ class Config:
     def engine(self) -> str:
         return "redis" if self.redis_url else "memory"
 
+    @property
+    def user_ttl(self) -> float:
+        """How long per-user records (live registry, parked events, revocation) live."""
+        return max(self.refresh_ttl, self.access_token_ttl) + self.leeway
+
 
 _positive = validate.Range(min=0, min_inclusive=False)
 

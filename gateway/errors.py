@@ -7,6 +7,8 @@ protocol's snake_case ``reason`` so the boundary needs no string tables.
 
 from __future__ import annotations
 
+from gateway.closes import Close
+
 
 class GatewayError(Exception):
     """Root of every error ticketgate raises on purpose."""
@@ -124,7 +126,7 @@ class ClosedWhileConnecting(GatewayError):
     connect handler, where it cannot be disconnected: the connect is refused
     with the order's code instead."""
 
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"closed while connecting: {reason}")
-        self.close_code = code
-        self.reason = reason
+    def __init__(self, close: Close) -> None:
+        super().__init__(f"closed while connecting: {close.reason}")
+        self.close = close
+        self.reason = close.reason

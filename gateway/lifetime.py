@@ -1,10 +1,10 @@
 """How long a socket's authentication lasts, and what happens at its end.
 
-Admission (one atomic store step: ticket, revocation, parked events, live
-registry), the expiry warning and the ``on_expiry`` policy (seed 004:
-ignore, close, or ask for re-authentication while holding the socket's
-events), and refresh-token binding (seed 003). All timers are loop handles
-from the one Scheduler; a socket costs no task.
+Binding an admitted socket to its user, the expiry warning and the
+``on_expiry`` policy (seed 004: ignore, close, or ask for re-authentication
+while holding the socket's events), parking held events for the user's next
+socket, refresh-token binding (seed 003) and the disconnect API. All timers
+are loop handles from the one Scheduler; a socket costs no task.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import json
 import logging
 import time
 
+from gateway import closes
 from gateway.auth.refresh import IssuedRefresh, RefreshService, family_room
-from gateway.auth.tickets import TicketService
 from gateway.auth.tokens import Principal
 from gateway.config import Config
-from gateway.errors import GatewayError, Revoked
+from gateway.errors import GatewayError
 from gateway.formats import iso_z
 from gateway.metrics import Metrics
-from gateway.realtime import Conn, Realtime
+from gateway.realtime import Conn, Realtime, user_room
 from gateway.store import Store
 
 logger = logging.getLogger(__name__)
@@ -32,67 +32,15 @@ class Lifetime:
         *,
         config: Config,
         store: Store,
-        tickets: TicketService,
         refresh: RefreshService,
         realtime: Realtime,
         metrics: Metrics,
     ) -> None:
         self._config = config
         self._store = store
-        self._tickets = tickets
         self._refresh = refresh
         self._realtime = realtime
         self._metrics = metrics
-
-    # -- admission -------------------------------------------------------------
-
-    def _registry_until(self, exp: float) -> float:
-        if self._config.on_expiry == "ignore":
-            return time.time() + self._config.refresh_ttl
-        return exp + self._config.reauth_grace
-
-    @property
-    def _user_ttl(self) -> float:
-        """How long per-user records (registry, parked events, revocation) live."""
-        return max(self._config.refresh_ttl, self._config.access_token_ttl) + self._config.leeway
-
-    async def admit_ticket(self, sid: str, ticket: object) -> tuple[Principal, list[str]]:
-        """Consume a ticket and admit ``sid`` for its user: one store round trip."""
-        admission = await self._store.admit(
-            sub=None,
-            iat=0.0,
-            sid=sid,
-            until=self._registry_until(time.time() + self._config.access_token_ttl),
-            ttl=self._user_ttl,
-            ticket_key=self._tickets.key(ticket),
-        )
-        principal = self._tickets.principal(admission.ticket if admission else None)
-        self._metrics.tickets_consumed.inc()
-        if admission is None or admission.revoked:
-            raise Revoked("this user's tokens were revoked")
-        return principal, admission.parked
-
-    async def admit(self, sid: str, principal: Principal) -> list[str]:
-        """Admit ``sid`` for an already verified principal: one store round trip."""
-        admission = await self._store.admit(
-            sub=principal.sub, iat=principal.iat, sid=sid, until=self._registry_until(principal.exp), ttl=self._user_ttl
-        )
-        if admission is None or admission.revoked:
-            raise Revoked("this user's tokens were revoked")
-        return admission.parked
-
-    async def undo_admit(self, sid: str, sub: str, parked: list[str]) -> None:
-        """Take back an admission that is refused after the fact: the user's parked
-        events go back (in order, ahead of newer ones is not guaranteed) and the
-        socket leaves their registry."""
-        if parked:
-            await self._store.park(sub, parked, cap=self._config.max_held_events, ttl=self._config.refresh_ttl)
-        await self._store.forget_socket(sub, sid)
-
-    async def check_not_revoked(self, principal: Principal) -> None:
-        """For credentials checked outside admission (per-message tokens)."""
-        if await self._store.is_revoked(principal.sub, principal.iat):
-            raise Revoked("this token was revoked")
 
     async def bind(self, conn: Conn, principal: Principal, *, parked: list[str]) -> None:
         """Make an admitted socket its user's room member. It holds its events
@@ -101,7 +49,7 @@ class Lifetime:
         conn.sub, conn.claims, conn.expires_at = principal.sub, principal.claims, principal.exp
         self._realtime.start_holding(conn)
         conn.held[:0] = [(event, data) for event, data in map(json.loads, parked)]
-        await self._realtime.sio.enter_room(conn.sid, f"user:{principal.sub}")
+        await self._realtime.join(conn.sid, user_room(principal.sub))
 
     async def begin(self, conn: Conn) -> None:
         """After ``authenticated``: arm the expiry timers, deliver what was held."""
@@ -135,19 +83,19 @@ class Lifetime:
         conn.timer = scheduler.at(conn.expires_at, lambda: self._expired(sid))
 
     async def _warn(self, sid: str) -> None:
-        conn = self._realtime.conns.get(sid)
+        conn = self._realtime.get(sid)
         if conn is not None and not conn.awaiting_reauth:
             remaining = max(0, round(conn.expires_at - time.time()))
             payload = {"expiresAt": iso_z(conn.expires_at), "in": remaining}
             await self._realtime.emit_local(sid, "auth_expiring", payload)
 
     async def _expired(self, sid: str) -> None:
-        conn = self._realtime.conns.get(sid)
+        conn = self._realtime.get(sid)
         if conn is None or conn.expires_at > time.time() + 0.5:
             return  # gone, or re-authenticated meanwhile
         if self._config.on_expiry == "close":
             logger.info("closing sid=%s reason=auth_expired", sid)
-            await self._realtime.close(sid, 4010, "auth_expired")
+            await self._realtime.close(sid, closes.AUTH_EXPIRED)
             return
         deadline = conn.expires_at + self._config.reauth_grace
         conn.awaiting_reauth = True
@@ -157,12 +105,12 @@ class Lifetime:
         await self._realtime.emit_local(sid, "reauth_required", {"deadline": iso_z(deadline)})
 
     async def _grace_over(self, sid: str) -> None:
-        conn = self._realtime.conns.get(sid)
+        conn = self._realtime.get(sid)
         if conn is None or not conn.awaiting_reauth or conn.sub is None:
             return
         await self._park(conn)
         logger.info("closing sid=%s reason=auth_expired (no re-authentication)", sid)
-        await self._realtime.close(sid, 4010, "auth_expired")
+        await self._realtime.close(sid, closes.AUTH_EXPIRED)
 
     async def _park(self, conn: Conn) -> None:
         """Hand a socket's held events to the user's next socket, on any node, in order."""
@@ -194,11 +142,11 @@ class Lifetime:
     async def disconnect_user(self, sub: str, *, revoke: bool) -> int:
         """The disconnect API: close every socket of ``sub`` on every node (4011),
         with ``revoke`` also ending every credential issued before now."""
-        closed = await self._store.disconnect_user(sub, now=time.time(), revoke=revoke, ttl=self._user_ttl)
-        reason = "revoked" if revoke else "disconnected"
-        await self._realtime.close_room(f"user:{sub}", 4011, reason)
-        self._metrics.disconnects.labels(reason).inc(closed)
-        logger.info("disconnect API: sub=%s closed=%d reason=%s", sub, closed, reason)
+        closed = await self._store.disconnect_user(sub, now=time.time(), revoke=revoke, ttl=self._config.user_ttl)
+        close = closes.REVOKED if revoke else closes.DISCONNECTED
+        await self._realtime.close_room(user_room(sub), close)
+        self._metrics.disconnects.labels(close.reason).inc(closed)
+        logger.info("disconnect API: sub=%s closed=%d reason=%s", sub, closed, close.reason)
         return closed
 
     # -- refresh tokens ------------------------------------------------------------
@@ -207,7 +155,7 @@ class Lifetime:
         """Bind ``conn`` to ``issued``'s family, push the token, and plan its successor."""
         if conn.family != issued.family:
             conn.family = issued.family
-            await self._realtime.sio.enter_room(conn.sid, family_room(issued.family))
+            await self._realtime.join(conn.sid, family_room(issued.family))
         conn.refresh_hash = issued.hash
         scheduler = self._realtime.scheduler
         scheduler.cancel(conn.refresh_timer)
@@ -226,11 +174,11 @@ class Lifetime:
         except GatewayError:
             logger.warning("no refresh token for sid=%s: store unavailable", conn.sid)
             return
-        if conn.sid in self._realtime.conns:
+        if self._realtime.is_current(conn):
             await self.bind_refresh(conn, issued)
 
     async def _renew(self, sid: str) -> None:
-        conn = self._realtime.conns.get(sid)
+        conn = self._realtime.get(sid)
         if conn is None or conn.refresh_hash is None:
             return
         try:

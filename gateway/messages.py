@@ -12,9 +12,8 @@ from typing import Any
 
 from gateway.formats import iso_z
 from gateway.realtime import Realtime
-from gateway.store import Store
+from gateway.store import Store, keys
 
-UPSTREAM_KEY = "upstream"  # tg:upstream
 UPSTREAM_TTL = 7 * 86400  # an idle stream (and its consumer groups) goes after a week
 
 
@@ -47,6 +46,6 @@ class MessageService:
             "data": data,
         }
         entry = {**message, "data": json.dumps(data, separators=(",", ":"))}
-        await self._store.append_stream(UPSTREAM_KEY, entry, maxlen=self._maxlen, ttl=UPSTREAM_TTL)
+        await self._store.append_stream(keys.UPSTREAM, entry, maxlen=self._maxlen, ttl=UPSTREAM_TTL)
         await self._realtime.publish(room, "message", message)
         return message

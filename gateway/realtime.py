@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 import socketio
 
+from gateway import closes
+from gateway.closes import Close
 from gateway.config import Config
 from gateway.errors import StoreUnavailable
 from gateway.scheduler import Scheduler
@@ -43,6 +45,11 @@ CONTROL_CLOSE = "_tg:close"
 DRAIN_TIMEOUT = 2.0
 
 
+def user_room(sub: str) -> str:
+    """Every socket of a user, on any node."""
+    return f"user:{sub}"
+
+
 class RawSocket(Protocol):
     """A plain WebSocket of an auth session, held by handlers/raw_ws.py."""
 
@@ -51,7 +58,7 @@ class RawSocket(Protocol):
 
     async def send_event(self, event: str, data: Any) -> None: ...
 
-    async def close(self, code: int, reason: str) -> None: ...
+    async def close(self, close: Close) -> None: ...
 
 
 class LocalFanout(socketio.AsyncManager):  # type: ignore[misc]
@@ -234,7 +241,7 @@ class Conn:
     family: str | None = None  # the refresh-token family this socket is bound to
     refresh_hash: str | None = None  # hash of the bound refresh token
     connecting: bool = True  # still inside the connect handler: cannot be disconnected yet
-    close_order: tuple[int, str] | None = None  # a close that arrived while connecting
+    close_order: Close | None = None  # a close that arrived while connecting
     closed: bool = False  # `closing` sent; the disconnect follows
     holding: bool = False  # events for it are kept in `held` (awaiting re-auth, or while admitted)
     awaiting_reauth: bool = False  # its auth expired under on_expiry=reauth: holds until it re-authenticates
@@ -303,23 +310,25 @@ class Realtime:
 
     # -- closing -------------------------------------------------------------
 
-    async def close_room(self, room: str, code: int, reason: str, *, older_than: int | None = None) -> None:
+    async def close_room(self, room: str, close: Close, *, older_than: int | None = None) -> None:
         """Send ``closing`` to, then close, every socket of ``room`` on every node
         (both transports); with ``older_than``, only connections numbered below it."""
-        await self.sio.emit(CONTROL_CLOSE, {"room": room, "code": code, "reason": reason, "olderThan": older_than})
+        order = {"room": room, "code": close.code, "reason": close.reason, "olderThan": older_than}
+        await self.sio.emit(CONTROL_CLOSE, order)
 
     async def apply_close(self, order: Mapping[str, Any]) -> None:
         """This node's part of a ``close_room``."""
-        room, code, reason, older_than = order["room"], order["code"], order["reason"], order.get("olderThan")
+        room, older_than = order["room"], order.get("olderThan")
+        close = Close(order["code"], order["reason"])
         for sid, _ in list(self.sio.manager.get_participants(NAMESPACE, room)):
             conn = self.conns.get(sid)
             if older_than is None or (conn is not None and conn.seq < older_than):
-                await self.close(sid, code, reason)
+                await self.close(sid, close)
         for raw in list(self.raw.get(room, {}).values()):
             if older_than is None or raw.seq < older_than:
-                await raw.close(code, reason)
+                await raw.close(close)
 
-    async def close(self, sid: str, code: int, reason: str) -> None:
+    async def close(self, sid: str, close: Close) -> None:
         """``closing`` then a Socket.IO disconnect (the client will not reconnect by itself).
 
         python-socketio ignores a disconnect of a socket still in its connect
@@ -328,12 +337,12 @@ class Realtime:
         conn = self.conns.get(sid)
         if conn is not None:
             if conn.connecting:
-                conn.close_order = conn.close_order or (code, reason)
+                conn.close_order = conn.close_order or close
                 return
             if conn.closed:
                 return  # one `closing` per socket, even if several orders reach it
             conn.closed = True
-        await self.emit_local(sid, "closing", {"code": code, "reason": reason})
+        await self.emit_local(sid, "closing", close.payload())
         await self.sio.disconnect(sid, ignore_queue=True)
 
     async def going_away(self) -> int:
@@ -342,10 +351,10 @@ class Realtime:
         self.draining = True
         sids = list(self.conns)
         for sid in sids:
-            await self.emit_local(sid, "closing", {"code": 1001, "reason": "going_away"})
+            await self.emit_local(sid, "closing", closes.GOING_AWAY.payload())
         raws = [raw for room in self.raw.values() for raw in room.values()]
         for raw in raws:
-            await raw.close(1001, "going_away")
+            await raw.close(closes.GOING_AWAY)
         await self._drop_transports()
         return len(sids) + len(raws)
 
@@ -405,11 +414,30 @@ class Realtime:
         conn.holding = False
         self.holders.discard(conn.sid)
 
+    # -- registry ------------------------------------------------------------
+
+    def register(self, conn: Conn) -> None:
+        self.conns[conn.sid] = conn
+
+    def get(self, sid: str) -> Conn | None:
+        return self.conns.get(sid)
+
+    def is_current(self, conn: Conn) -> bool:
+        """Is ``conn`` still this node's socket (not gone, not replaced by a re-registration)?"""
+        return self.conns.get(conn.sid) is conn
+
     def forget(self, sid: str) -> Conn | None:
         self.holders.discard(sid)
         return self.conns.pop(sid, None)
 
-    # -- registry ------------------------------------------------------------
+    async def join(self, sid: str, room: str) -> None:
+        await self.sio.enter_room(sid, room)
+
+    async def leave(self, sid: str, room: str) -> None:
+        await self.sio.leave_room(sid, room)
+
+    def rooms_of(self, sid: str) -> list[str]:
+        return list(self.sio.rooms(sid))
 
     def add_raw(self, room: str, raw: RawSocket) -> None:
         self.raw.setdefault(room, {})[raw.id] = raw

@@ -29,27 +29,16 @@ from gateway.errors import (
     InvalidToken,
     MissingCredentials,
     RateLimited,
-    SessionNotFound,
-    SessionResolved,
     StoreUnavailable,
 )
 from gateway.formats import iso_z
 from handlers import schemas
+from handlers.errors import Surface, code_for
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Most specific first: the first class in an error's MRO found here wins.
-_STATUS: dict[type[GatewayError], int] = {
-    InvalidRequest: 400,
-    AuthError: 401,
-    Forbidden: 403,
-    SessionNotFound: 404,
-    SessionResolved: 409,
-    RateLimited: 429,
-    StoreUnavailable: 503,
-}
 _HTTP_CODES = {
     400: "invalid_request",
     401: "unauthenticated",
@@ -95,19 +84,12 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> web.Re
     return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
 
 
-def status_for(exc: GatewayError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in _STATUS:
-            return _STATUS[cls]
-    return 500
-
-
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as exc:
-        status = status_for(exc)
+        status = code_for(exc, Surface.HTTP)
         extra = {}
         attempts_left = getattr(exc, "attempts_left", None)
         if attempts_left is not None:  # PROTOCOL §6.4

@@ -15,14 +15,14 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from gateway import keys
+from gateway import closes, keys
 from gateway.auth.sessions import session_room
-from gateway.errors import GatewayError, InvalidToken, SessionNotFound
+from gateway.closes import Close
+from gateway.errors import GatewayError
 from gateway.formats import iso_z
+from handlers.errors import Surface, code_for
 
 logger = logging.getLogger(__name__)
-
-_CLOSE_CODES: dict[type[GatewayError], int] = {InvalidToken: 4001, SessionNotFound: 4004}
 
 
 class RawSessionSocket:
@@ -35,8 +35,8 @@ class RawSessionSocket:
         if not self._ws.closed:
             await self._ws.send_json(data)
 
-    async def close(self, code: int, reason: str) -> None:
-        await self._ws.close(code=code, message=reason.encode())
+    async def close(self, close: Close) -> None:
+        await self._ws.close(code=close.code, message=close.reason.encode())
 
 
 async def session_socket(request: web.Request) -> web.StreamResponse:
@@ -47,28 +47,23 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
     metrics = request.app[keys.metrics]
     try:
         if realtime.draining:
-            await ws.close(code=1001, message=b"going_away")
+            await ws.close(code=closes.GOING_AWAY.code, message=closes.GOING_AWAY.reason.encode())
             return ws
         opened = await request.app[keys.sessions].open(session_id, request.query.get("token", ""))
-    except (InvalidToken, SessionNotFound) as exc:
-        metrics.connect_attempts.labels("refused", exc.reason).inc()
-        logger.info("raw session socket refused reason=%s", exc.reason)
-        await ws.close(code=_CLOSE_CODES[type(exc)], message=exc.reason.encode())
-        return ws
     except GatewayError as exc:
         metrics.connect_attempts.labels("refused", exc.reason).inc()
         logger.info("raw session socket refused reason=%s", exc.reason)
-        await ws.close(code=1011, message=exc.reason.encode())
+        await ws.close(code=code_for(exc, Surface.RAW), message=exc.reason.encode())
         return ws
     raw = RawSessionSocket(ws, seq=opened.seq)
     room = session_room(session_id)
     realtime.add_raw(room, raw)
     if await request.app[keys.sessions].superseded(session_id, opened.seq):  # see SessionService.superseded
         realtime.remove_raw(room, raw)
-        await ws.close(code=4009, message=b"replaced")
+        await raw.close(closes.REPLACED)
         return ws
     metrics.connect_attempts.labels("accepted", "raw_session").inc()
-    timer = realtime.scheduler.at(opened.expires_at, lambda: raw.close(1000, "expired"))
+    timer = realtime.scheduler.at(opened.expires_at, lambda: raw.close(closes.EXPIRED))
     logger.info("raw session socket %s connected", raw.id)
     try:
         otp_ready = {"type": "otp_ready", "autoPassword": opened.auto_password, "expiresAt": iso_z(opened.expires_at)}

@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway import keys
 from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.config import Config, load_config
+from gateway.store import PREFIX, MemoryStore
+from gateway.store import keys as store_keys
 from tests.support import GatewayProcess, NodeScripts, Probe, RedisServer, http_json, keygen, publish, write_toml
 
 
@@ -76,6 +79,17 @@ class Gateway:
         url = f"{self.url}/api/users/{sub}/disconnect"
         status, body, _ = await http_json("POST", url, token=self.config.admin_token, json={"revokeTokens": revoke})
         return status, body
+
+    async def upstream(self) -> list[tuple[str, dict[str, str]]]:
+        """Every entry of the upstream stream (tg:upstream), oldest first, as a consumer reads it."""
+        store = self.app[keys.store]
+        if isinstance(store, MemoryStore):
+            return store.read_stream(store_keys.UPSTREAM)
+        client = aioredis.Redis.from_url(str(self.config.redis_url), decode_responses=True)
+        try:
+            return [(entry_id, dict(fields)) for entry_id, fields in await client.xrange(PREFIX + store_keys.UPSTREAM)]
+        finally:
+            await client.aclose()
 
     async def ticket(self, sub: str = "alice", **mint: Any) -> str:
         status, body, _ = await http_json("POST", f"{self.url}/ws/ticket", token=self.mint(sub, **mint))

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from gateway import keys
-from gateway.messages import UPSTREAM_KEY
 from tests.conftest import Gateway, MakeGateway
 from tests.support import Probe
 
@@ -191,7 +190,7 @@ async def test_message_reaches_members_and_upstream_once(gateway: Gateway, probe
         assert message["data"] == {"text": "hi", "n": [1, 2]} and message["ts"].endswith("Z")
     await asyncio.sleep(0.2)
     assert not outsider.named("message")
-    entries = await gateway.app[keys.store].read_stream(UPSTREAM_KEY)
+    entries = await gateway.upstream()
     assert len(entries) == 1
     _, fields = entries[0]
     assert set(fields) == {"id", "ts", "sub", "room", "data"}
@@ -206,7 +205,7 @@ async def test_message_to_a_room_not_joined(gateway: Gateway, probes: Callable[[
     probe = await connected(gateway, probes, claims={"rooms": ["room:*"]})
     ack = await call(probe, "message", {"room": "room:chat", "data": 1})
     assert ack == {"ok": False, "error": {"code": 4003, "reason": "forbidden"}}
-    assert await gateway.app[keys.store].read_stream(UPSTREAM_KEY) == []
+    assert await gateway.upstream() == []
 
 
 @pytest.mark.parametrize(
@@ -229,7 +228,7 @@ async def test_malformed_messages(
     ack = await call(probe, "message", payload)
     assert ack == {"ok": False, "error": {"code": code, "reason": reason}}
     assert probe.client.connected
-    assert await gateway.app[keys.store].read_stream(UPSTREAM_KEY) == []
+    assert await gateway.upstream() == []
     assert (await call(probe, "message", {"room": "room:chat", "data": "still works"}))["ok"]
 
 
@@ -253,7 +252,7 @@ async def test_per_message_auth(make_gateway: MakeGateway, probes: Callable[[], 
     ]
     for payload, reason in refusals:
         assert await call(probe, "message", payload) == {"ok": False, "error": {"code": 4001, "reason": reason}}
-    entries = await gateway.app[keys.store].read_stream(UPSTREAM_KEY)
+    entries = await gateway.upstream()
     assert [json.loads(f["data"]) for _, f in entries] == [1]  # refused messages are neither queued...
     await asyncio.sleep(0.2)
     assert [m["data"] for m in probe.named("message")] == [1]  # ...nor delivered
@@ -268,7 +267,7 @@ async def test_messages_keep_their_order(gateway: Gateway, probes: Callable[[], 
         await sender.client.emit("message", {"room": "room:o", "data": n})
     await receiver.wait_for("message", count=30)
     assert [m["data"] for m in receiver.named("message")] == list(range(30))
-    entries = await gateway.app[keys.store].read_stream(UPSTREAM_KEY)
+    entries = await gateway.upstream()
     assert [json.loads(f["data"]) for _, f in entries] == list(range(30))
 
 

@@ -20,10 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway import closes
 from gateway.auth.tokens import Principal
 from gateway.errors import InvalidToken, RefreshReuse, Revoked
 from gateway.realtime import Realtime
-from gateway.store import Store
+from gateway.store import Store, keys
 
 _TOKEN_BYTES = 32
 
@@ -77,7 +78,7 @@ class RefreshService:
         record = self._record(sub=principal.sub, family=family, claims=principal.claims, now=now)
         family_record = {"sub": principal.sub, "status": "active"}
         await self._store.create_records(
-            {f"family:{family}": family_record, f"refresh:{token_hash(token)}": record}, ttl=self.ttl
+            {keys.family(family): family_record, keys.refresh(token_hash(token)): record}, ttl=self.ttl
         )
         return IssuedRefresh(token=token, hash=token_hash(token), family=family, expires_at=now + self.ttl)
 
@@ -100,7 +101,7 @@ class RefreshService:
         now = time.time()
         token = secrets.token_urlsafe(_TOKEN_BYTES)
         new_hash = token_hash(token)
-        old = await self._store.get_record(f"refresh:{old_hash}")
+        old = await self._store.get_record(keys.refresh(old_hash))
         if old is None:
             raise InvalidToken("unknown or expired refresh token")
         # A record's sub never changes, so this read needs no lock.
@@ -110,12 +111,12 @@ class RefreshService:
         claims = json.loads(old["claims"])
         fields = self._record(sub=sub, family=family, claims=claims, now=now)
         outcome, _ = await self._store.rotate(
-            f"refresh:{old_hash}",
-            f"refresh:{new_hash}",
-            family_key=f"family:{family}",
+            keys.refresh(old_hash),
+            keys.refresh(new_hash),
+            family_key=keys.family(family),
             fields=fields,
             ttl=self.ttl,
-            revoked_key=f"revoked:{sub}",
+            revoked_key=keys.revoked(sub),
             renewal=renewal,
         )
         if outcome == "stale":
@@ -123,7 +124,7 @@ class RefreshService:
         if outcome == "missing":
             raise InvalidToken("unknown or expired refresh token")
         if outcome == "reuse":
-            await self._realtime.close_room(family_room(family), 4011, "refresh_reuse")
+            await self._realtime.close_room(family_room(family), closes.REFRESH_REUSE)
             raise RefreshReuse("this refresh token was already used: its family is revoked")
         if outcome == "revoked":
             raise Revoked("this refresh token is revoked")

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwcrypto import jwk
 
+from gateway import closes
 from gateway.auth.tokens import TokenService
 from gateway.config import Config
 from gateway.errors import (
@@ -40,7 +41,7 @@ from gateway.errors import (
 )
 from gateway.formats import b64url, b64url_decode, iso_z
 from gateway.realtime import Realtime
-from gateway.store import Store
+from gateway.store import Store, keys
 
 # Enrolled devices outlive sessions by far, but like every key they expire;
 # each approval renews them.
@@ -142,18 +143,18 @@ class SessionService:
         device_id = secrets.token_urlsafe(16)
         totp_secret = pyotp.random_base32(32)
         record = {"userId": user_id, "publicKey": json.dumps(dict(public_key)), "totpSecret": totp_secret}
-        await self._store.create_record(f"device:{device_id}", record, ttl=DEVICE_TTL)
-        await self._store.append(f"user_devices:{user_id}", device_id, ttl=DEVICE_TTL)
+        await self._store.create_record(keys.device(device_id), record, ttl=DEVICE_TTL)
+        await self._store.append(keys.user_devices(user_id), device_id, ttl=DEVICE_TTL)
         return Enrolled(device_id=device_id, totp_secret=totp_secret)
 
     async def initiate(self, user_id: str) -> Initiated:
-        devices = await self._store.members(f"user_devices:{user_id}")
+        devices = await self._store.members(keys.user_devices(user_id))
         # autoPassword: the OTP of the user's newest device. An unknown user
         # gets a random one of the same shape (no enumeration) and a session
         # no device can approve.
         otp = f"{secrets.randbelow(10**TOTP_DIGITS):0{TOTP_DIGITS}d}"
         if devices:
-            device = await self._store.get_record(f"device:{devices[-1]}")
+            device = await self._store.get_record(keys.device(devices[-1]))
             if device is not None:
                 otp = pyotp.TOTP(device["totpSecret"]).now()
         session_id = secrets.token_urlsafe(18)
@@ -169,7 +170,7 @@ class SessionService:
             "autoPassword": mask_otp(otp, self._config.otp_mask),
             "expiresAt": str(expires_at),
         }
-        await self._store.create_record(f"session:{session_id}", record, ttl=self._config.session_ttl)
+        await self._store.create_record(keys.session(session_id), record, ttl=self._config.session_ttl)
         return Initiated(
             session_id=session_id, ws_token=self.ws_token(session_id), random=random, expires_at=expires_at
         )
@@ -182,11 +183,11 @@ class SessionService:
         PROTOCOL §6.13: the wsToken is checked first (no store needed).
         """
         self.check_ws_token(session_id, ws_token)
-        record = await self._store.incr_field(f"session:{session_id}", "conn")
+        record = await self._store.incr_field(keys.session(session_id), "conn")
         if record is None or record["status"] != "pending":
             raise SessionNotFound("unknown, expired or resolved session")
         seq = int(record["conn"])
-        await self._realtime.close_room(session_room(session_id), 4009, "replaced", older_than=seq)
+        await self._realtime.close_room(session_room(session_id), closes.REPLACED, older_than=seq)
         return OpenedSession(
             session_id=session_id,
             seq=seq,
@@ -202,14 +203,14 @@ class SessionService:
         order after it, which finds this connection registered. So at most the
         newest of any number of concurrent connections survives, on any node.
         """
-        record = await self._store.get_record(f"session:{session_id}")
+        record = await self._store.get_record(keys.session(session_id))
         return record is None or record["status"] != "pending" or int(record["conn"]) > seq
 
     # -- verification ----------------------------------------------------------
 
     async def verify(self, *, session_id: str, device_id: str, otp: str, signature: str) -> None:
         """Approve the session, or raise the failure after telling the browser."""
-        key = f"session:{session_id}"
+        key = keys.session(session_id)
         outcome, record = await self._store.count_attempt(key, limit=self._config.max_attempts)
         if outcome == "missing" or record is None:
             raise SessionNotFound("unknown or expired session")
@@ -228,7 +229,7 @@ class SessionService:
     ) -> type[InvalidOtp] | type[InvalidSignature] | None:
         if device_id not in json.loads(record["devices"]):
             return InvalidSignature
-        device = await self._store.get_record(f"device:{device_id}")
+        device = await self._store.get_record(keys.device(device_id))
         if device is None:
             return InvalidSignature
         public = parse_device_key(json.loads(device["publicKey"]))
@@ -239,7 +240,7 @@ class SessionService:
             return InvalidSignature
         if not pyotp.TOTP(device["totpSecret"]).verify(otp, valid_window=self._config.otp_window):
             return InvalidOtp
-        await self._store.create_record(f"device:{device_id}", device, ttl=DEVICE_TTL)  # renew
+        await self._store.create_record(keys.device(device_id), device, ttl=DEVICE_TTL)  # renew
         return None
 
     async def _reject(
@@ -249,13 +250,13 @@ class SessionService:
         final = attempts_left <= 0
         reason = "Invalid OTP" if failure is InvalidOtp else "Invalid signature"
         if final:
-            if not await self._store.transition(f"session:{session_id}", from_status="pending", to_status="rejected"):
+            if not await self._store.transition(keys.session(session_id), from_status="pending", to_status="rejected"):
                 raise SessionResolved("this session is already resolved")  # a concurrent verify approved it
             reason = "Too many attempts"
         event = {"type": "rejected", "reason": reason, "attemptsLeft": max(0, attempts_left), "final": final}
         await self._realtime.publish(room, "rejected", event)
         if final:
-            await self._realtime.close_room(room, 1000, "resolved")
+            await self._realtime.close_room(room, closes.RESOLVED)
             raise TooManyAttempts("too many attempts: the session is closed")
         raise failure(reason, attempts_left=attempts_left)
 
@@ -271,4 +272,4 @@ class SessionService:
         }
         room = session_room(session_id)
         await self._realtime.publish(room, "approved", event)
-        await self._realtime.close_room(room, 1000, "resolved")
+        await self._realtime.close_room(room, closes.RESOLVED)

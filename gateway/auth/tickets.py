@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from gateway.auth.tokens import Principal
 from gateway.errors import InvalidTicket, Revoked, TokenExpired
-from gateway.store import Store
+from gateway.store import Store, keys
 
 _TICKET_BYTES = 32
 _TICKET_SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}\Z")
@@ -30,7 +30,7 @@ class IssuedTicket:
 
 
 def _key(ticket: str) -> str:
-    return "ticket:" + hashlib.sha256(ticket.encode()).hexdigest()
+    return keys.ticket(hashlib.sha256(ticket.encode()).hexdigest())
 
 
 class TicketService:

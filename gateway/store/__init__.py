@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.store.base import PREFIX, Store
+from gateway.store import keys
+from gateway.store.base import Store
+from gateway.store.keys import PREFIX
 from gateway.store.memory import MemoryStore
 
 
@@ -14,4 +16,4 @@ def create_store(redis_url: str | None) -> Store:
     return RedisStore(url=redis_url)
 
 
-__all__ = ["PREFIX", "MemoryStore", "Store", "create_store"]
+__all__ = ["PREFIX", "MemoryStore", "Store", "create_store", "keys"]

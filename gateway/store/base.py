@@ -12,8 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-PREFIX = "tg:"
-
 Attempt = Literal["counted", "missing", "resolved", "exhausted"]
 Rotation = Literal["rotated", "missing", "reuse", "revoked", "stale"]
 
@@ -22,18 +20,13 @@ Rotation = Literal["rotated", "missing", "reuse", "revoked", "stale"]
 class Admission:
     """The outcome of ``Store.admit``."""
 
-    ticket: str | None = None  # the consumed ticket record, when one was presented
     revoked: bool = False  # the credential was issued before the user's revocation
     parked: list[str] = field(default_factory=list)  # held events waiting for this user
 
 
-# Per-user keys: revoked:<sub> (revocation cut-off, unix s), parked:<sub>
-# (held events of closed sockets, oldest first), sockets:<sub> (live socket
-# registry: sorted set of socket ids scored by when each entry goes stale).
-
-
 class Store(abc.ABC):
-    """Small on purpose: add an operation only when a feature needs it."""
+    """Every operation here has a caller among the services; add one only when a
+    feature needs it. Key names come from ``gateway.store.keys``."""
 
     @abc.abstractmethod
     async def ping(self) -> None:
@@ -44,13 +37,9 @@ class Store(abc.ABC):
         """Set ``key`` to ``value`` for ``ttl`` seconds (> 0)."""
 
     @abc.abstractmethod
-    async def get(self, key: str) -> str | None:
-        """The value of ``key``, or None when absent or expired."""
-
-    @abc.abstractmethod
     async def take(self, key: str) -> str | None:
-        """Atomically read and delete ``key``: of many concurrent callers on
-        any node, exactly one gets the value."""
+        """Atomically read and delete ``key`` (None when absent or expired): of
+        many concurrent callers on any node, exactly one gets the value."""
 
     # Records: flat str->str mappings (a Redis hash) with one TTL for the whole.
     # The atomic operations below follow two conventions: a record's
@@ -101,24 +90,16 @@ class Store(abc.ABC):
     async def append_stream(self, key: str, fields: Mapping[str, str], *, maxlen: int, ttl: float) -> str:
         """Append one entry; return its stream id. The stream's TTL is renewed."""
 
-    @abc.abstractmethod
-    async def read_stream(self, key: str, *, after: str = "0", count: int = 100) -> list[tuple[str, dict[str, str]]]:
-        """Up to ``count`` entries with ids after ``after``, oldest first."""
-
     # Users: admission, revocation, parked events, live-socket registry.
 
     @abc.abstractmethod
-    async def admit(
-        self, *, sub: str | None, iat: float, sid: str, until: float, ttl: float, ticket_key: str | None = None
-    ) -> Admission | None:
+    async def admit(self, *, sub: str, iat: float, sid: str, until: float, ttl: float) -> Admission:
         """Atomically admit socket ``sid`` of user ``sub``.
 
-        With ``ticket_key``, first take the ticket record (its JSON ``sub`` and
-        ``iat`` replace the arguments); None if there is no such ticket. If the
-        credential's ``iat`` is before the user's revocation cut-off, return
-        ``revoked`` and change nothing else. Otherwise take (remove and
+        If the credential's ``iat`` is before the user's revocation cut-off,
+        return ``revoked`` and change nothing. Otherwise take (remove and
         return) the user's parked events and register ``sid`` as live until
-        ``until``; the registry and parked keys then live ``ttl`` seconds.
+        ``until``; the registry then lives ``ttl`` seconds.
         """
 
     @abc.abstractmethod

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
-from gateway.store.base import PREFIX, Admission, Attempt, Rotation, Store, check_ttl
+from gateway.store import keys
+from gateway.store.base import Admission, Attempt, Rotation, Store, check_ttl
+from gateway.store.keys import PREFIX
 
 Value = str | dict[str, str] | list[str] | deque[tuple[str, dict[str, str]]]
 
@@ -68,10 +69,6 @@ class MemoryStore(Store):
 
     async def put(self, key: str, value: str, *, ttl: float) -> None:
         self._set(key, value, ttl)
-
-    async def get(self, key: str) -> str | None:
-        value = self._live(key)
-        return value if isinstance(value, str) else None
 
     async def take(self, key: str) -> str | None:
         value = self._live(key)
@@ -131,59 +128,50 @@ class MemoryStore(Store):
         self._set(key, stream, ttl)
         return entry_id
 
-    async def read_stream(self, key: str, *, after: str = "0", count: int = 100) -> list[tuple[str, dict[str, str]]]:
+    def read_stream(self, key: str, *, after: str = "0", count: int = 100) -> list[tuple[str, dict[str, str]]]:
+        """Up to ``count`` entries with ids after ``after``, oldest first: how an
+        embedding program (or a test) reads the in-process upstream stream."""
         current = self._live(key)
         if not isinstance(current, deque):
             return []
         newer = [entry for entry in current if _stream_order(entry[0]) > _stream_order(after)]
         return [(entry_id, dict(fields)) for entry_id, fields in newer[:count]]
 
-    async def admit(
-        self, *, sub: str | None, iat: float, sid: str, until: float, ttl: float, ticket_key: str | None = None
-    ) -> Admission | None:
-        ticket = None
-        if ticket_key is not None:
-            ticket = await self.take(ticket_key)
-            if ticket is None:
-                return None
-            record = json.loads(ticket)
-            sub, iat = record["sub"], float(record["iat"])
-        if sub is None:
-            raise ValueError("admit needs a sub or a ticket")
+    async def admit(self, *, sub: str, iat: float, sid: str, until: float, ttl: float) -> Admission:
         if await self.is_revoked(sub, iat):
-            return Admission(ticket=ticket, revoked=True)
-        parked = self._live(f"parked:{sub}")
-        self._data.pop(f"{PREFIX}parked:{sub}", None)
+            return Admission(revoked=True)
+        parked = self._live(keys.parked(sub))
+        self._data.pop(PREFIX + keys.parked(sub), None)
         now = time.time()
-        registry = {k: v for k, v in (self._record(f"sockets:{sub}") or {}).items() if float(v) >= now}
+        registry = {k: v for k, v in (self._record(keys.sockets(sub)) or {}).items() if float(v) >= now}
         registry[sid] = str(until)
-        self._set(f"sockets:{sub}", registry, ttl)
-        return Admission(ticket=ticket, parked=list(parked) if isinstance(parked, list) else [])
+        self._set(keys.sockets(sub), registry, ttl)
+        return Admission(parked=list(parked) if isinstance(parked, list) else [])
 
     async def is_revoked(self, sub: str, iat: float) -> bool:
-        cutoff = self._live(f"revoked:{sub}")
+        cutoff = self._live(keys.revoked(sub))
         return isinstance(cutoff, str) and iat < float(cutoff)
 
     async def forget_socket(self, sub: str, sid: str) -> None:
-        registry = self._record(f"sockets:{sub}")
+        registry = self._record(keys.sockets(sub))
         if registry is not None:
             registry.pop(sid, None)
 
     async def disconnect_user(self, sub: str, *, now: float, revoke: bool, ttl: float) -> int:
-        registry = self._record(f"sockets:{sub}") or {}
+        registry = self._record(keys.sockets(sub)) or {}
         live = sum(1 for until in registry.values() if float(until) >= now)
-        self._data.pop(f"{PREFIX}sockets:{sub}", None)
+        self._data.pop(PREFIX + keys.sockets(sub), None)
         if revoke:
-            current = self._live(f"revoked:{sub}")
+            current = self._live(keys.revoked(sub))
             cutoff = max(now, float(current) if isinstance(current, str) else 0.0)
-            self._set(f"revoked:{sub}", str(cutoff), ttl)
+            self._set(keys.revoked(sub), str(cutoff), ttl)
         return live
 
     async def park(self, sub: str, events: Sequence[str], *, cap: int, ttl: float) -> int:
-        current = self._live(f"parked:{sub}")
+        current = self._live(keys.parked(sub))
         items = (list(current) if isinstance(current, list) else []) + list(events)
         dropped = max(0, len(items) - cap)
-        self._set(f"parked:{sub}", items[dropped:], ttl)
+        self._set(keys.parked(sub), items[dropped:], ttl)
         return dropped
 
     async def rotate(

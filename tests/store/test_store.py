@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 
-from gateway.store import MemoryStore, Store, create_store
+from gateway.store import PREFIX, MemoryStore, Store, create_store, keys
+from gateway.store.base import Admission
 from gateway.store.redis import RedisStore
 from tests.support import RedisServer
 
@@ -26,20 +29,19 @@ async def store(engine: str, request: pytest.FixtureRequest) -> AsyncIterator[St
     await made.close()
 
 
-async def test_put_get_take(store: Store) -> None:
+async def test_put_take(store: Store) -> None:
     await store.ping()
     await store.put("k", "v", ttl=5)
-    assert await store.get("k") == "v"
     assert await store.take("k") == "v"
     assert await store.take("k") is None
-    assert await store.get("k") is None
 
 
 async def test_ttl(store: Store) -> None:
     await store.put("short", "v", ttl=0.2)
+    await store.put("long", "v", ttl=5)
     await asyncio.sleep(0.35)
-    assert await store.get("short") is None
     assert await store.take("short") is None
+    assert await store.take("long") == "v"
 
 
 async def test_take_is_atomic(store: Store) -> None:
@@ -120,3 +122,170 @@ async def test_append_keeps_order_without_duplicates(store: Store) -> None:
     for member in ("b", "a", "b", "c"):
         await store.append("l", member, ttl=5)
     assert await store.members("l") == ["b", "a", "c"]
+
+
+async def test_create_records_at_once(store: Store) -> None:
+    await store.create_records({"a": {"x": "1"}, "b": {"y": "2"}}, ttl=5)
+    assert await store.get_record("a") == {"x": "1"} and await store.get_record("b") == {"y": "2"}
+    await store.create_records({"a": {"z": "3"}}, ttl=5)  # replaces, not merges
+    assert await store.get_record("a") == {"z": "3"}
+
+
+async def test_append_stream_keeps_order_and_ids(store: Store) -> None:
+    ids = [await store.append_stream(keys.UPSTREAM, {"n": str(i)}, maxlen=1000, ttl=5) for i in range(3)]
+    assert len(set(ids)) == 3
+    assert [fields["n"] for _, fields in await _stream(store, keys.UPSTREAM)] == ["0", "1", "2"]
+    assert [entry_id for entry_id, _ in await _stream(store, keys.UPSTREAM)] == ids
+
+
+async def test_append_stream_is_trimmed(store: Store) -> None:
+    for i in range(300):
+        await store.append_stream(keys.UPSTREAM, {"n": str(i)}, maxlen=50, ttl=5)
+    entries = await _stream(store, keys.UPSTREAM)
+    # Redis trims approximately (MAXLEN ~): never below maxlen, and far below 300.
+    assert 50 <= len(entries) < 300 and entries[-1][1]["n"] == "299"
+
+
+async def _stream(store: Store, key: str) -> list[tuple[str, dict[str, str]]]:
+    if isinstance(store, MemoryStore):
+        return store.read_stream(key, count=1000)
+    assert isinstance(store, RedisStore)
+    client = aioredis.Redis.from_url(store.url, decode_responses=True)
+    try:
+        return [(entry_id, dict(fields)) for entry_id, fields in await client.xrange(PREFIX + key)]
+    finally:
+        await client.aclose()
+
+
+async def test_admit_registers_and_hands_over_parked_events(store: Store) -> None:
+    now = time.time()
+    assert await store.park("alice", ["e1", "e2"], cap=10, ttl=5) == 0
+    first = await store.admit(sub="alice", iat=now, sid="s1", until=now + 60, ttl=60)
+    assert first == Admission(revoked=False, parked=["e1", "e2"])
+    second = await store.admit(sub="alice", iat=now, sid="s2", until=now + 60, ttl=60)
+    assert second.parked == []  # taken by the first admission
+    assert await store.disconnect_user("alice", now=time.time(), revoke=False, ttl=60) == 2
+
+
+async def test_admit_drops_stale_registry_entries(store: Store) -> None:
+    now = time.time()
+    await store.admit(sub="alice", iat=now, sid="stale", until=now - 1, ttl=60)
+    await store.admit(sub="alice", iat=now, sid="live", until=now + 60, ttl=60)
+    assert await store.disconnect_user("alice", now=time.time(), revoke=False, ttl=60) == 1
+
+
+async def test_forget_socket(store: Store) -> None:
+    now = time.time()
+    for sid in ("s1", "s2"):
+        await store.admit(sub="alice", iat=now, sid=sid, until=now + 60, ttl=60)
+    await store.forget_socket("alice", "s1")
+    await store.forget_socket("nobody", "s1")  # no error for an unknown user
+    assert await store.disconnect_user("alice", now=time.time(), revoke=False, ttl=60) == 1
+
+
+async def test_disconnect_user_revokes_earlier_credentials(store: Store) -> None:
+    before = time.time() - 1
+    await store.admit(sub="alice", iat=before, sid="s1", until=time.time() + 60, ttl=60)
+    cutoff = time.time()
+    assert await store.disconnect_user("alice", now=cutoff, revoke=True, ttl=60) == 1
+    assert await store.disconnect_user("alice", now=cutoff, revoke=False, ttl=60) == 0  # cleared
+    assert await store.is_revoked("alice", before)
+    assert not await store.is_revoked("alice", cutoff + 1)
+    assert not await store.is_revoked("bob", before)
+    refused = await store.admit(sub="alice", iat=before, sid="s2", until=time.time() + 60, ttl=60)
+    assert refused.revoked and refused.parked == []
+    # A later, smaller cut-off never lowers the first.
+    await store.disconnect_user("alice", now=cutoff - 100, revoke=True, ttl=60)
+    assert await store.is_revoked("alice", cutoff - 50)
+
+
+async def test_revoked_admission_leaves_parked_events(store: Store) -> None:
+    await store.park("alice", ["e1"], cap=10, ttl=5)
+    await store.disconnect_user("alice", now=time.time(), revoke=True, ttl=60)
+    assert (await store.admit(sub="alice", iat=0.0, sid="s", until=time.time() + 60, ttl=60)).revoked
+    assert (await store.admit(sub="alice", iat=time.time() + 1, sid="s", until=time.time() + 60, ttl=60)).parked == [
+        "e1"
+    ]
+
+
+async def test_park_keeps_the_newest_up_to_the_cap(store: Store) -> None:
+    assert await store.park("alice", ["1", "2", "3"], cap=4, ttl=5) == 0
+    assert await store.park("alice", ["4", "5", "6"], cap=4, ttl=5) == 2
+    admission = await store.admit(sub="alice", iat=time.time(), sid="s", until=time.time() + 60, ttl=60)
+    assert admission.parked == ["3", "4", "5", "6"]
+
+
+async def _family(store: Store, *, family: str = "f1", token: str = "t1", iat: float | None = None) -> None:
+    record = {"sub": "alice", "family": family, "iat": repr(iat or time.time()), "state": "active"}
+    await store.create_records(
+        {keys.family(family): {"sub": "alice", "status": "active"}, keys.refresh(token): record}, ttl=60
+    )
+
+
+async def _rotate(store: Store, old: str, new: str, *, renewal: bool = False) -> str:
+    outcome, _ = await store.rotate(
+        keys.refresh(old),
+        keys.refresh(new),
+        family_key=keys.family("f1"),
+        fields={"sub": "alice", "family": "f1", "iat": repr(time.time()), "state": "active"},
+        ttl=60,
+        revoked_key=keys.revoked("alice"),
+        renewal=renewal,
+    )
+    return outcome
+
+
+async def test_rotate_then_reuse_revokes_the_family(store: Store) -> None:
+    await _family(store)
+    assert await _rotate(store, "t1", "t2") == "rotated"
+    assert (await store.get_record(keys.refresh("t1")) or {})["state"] == "rotated"
+    assert await _rotate(store, "t1", "t3") == "reuse"
+    assert (await store.get_record(keys.family("f1")) or {})["status"] == "revoked"
+    assert await _rotate(store, "t2", "t4") == "revoked"  # the successor died with its family
+    assert await _rotate(store, "nope", "t5") == "missing"
+
+
+async def test_rotate_renewal_of_a_rotated_token_is_stale(store: Store) -> None:
+    await _family(store)
+    assert await _rotate(store, "t1", "t2") == "rotated"
+    assert await _rotate(store, "t1", "t3", renewal=True) == "stale"
+    assert (await store.get_record(keys.family("f1")) or {})["status"] == "active"
+    assert await _rotate(store, "t2", "t4") == "rotated"
+
+
+async def test_rotate_is_atomic(store: Store) -> None:
+    await _family(store)
+    outcomes = await asyncio.gather(*(_rotate(store, "t1", f"n{i}") for i in range(10)))
+    assert outcomes.count("rotated") == 1 and outcomes.count("reuse") == 9
+
+
+async def test_rotate_refuses_a_token_older_than_the_cut_off(store: Store) -> None:
+    await _family(store, iat=time.time() - 10)
+    await store.disconnect_user("alice", now=time.time(), revoke=True, ttl=60)
+    assert await _rotate(store, "t1", "t2") == "revoked"
+
+
+async def test_close_releases_everything(store: Store) -> None:
+    await store.put("k", "v", ttl=5)
+    if isinstance(store, MemoryStore):
+        await store.close()
+        assert len(store) == 0
+        return
+    assert isinstance(store, RedisStore)
+    observer = aioredis.Redis.from_url(store.url, decode_responses=True)
+    try:
+        before = len(await observer.client_list())
+        await store.close()
+        assert len(await observer.client_list()) < before  # the store's connection is gone
+    finally:
+        await observer.aclose()
+
+
+def test_every_store_operation_is_tested_here() -> None:
+    """The contract above must reach every operation of the interface, on both engines."""
+    from pathlib import Path
+
+    source = Path(__file__).read_text()
+    operations = [name for name in vars(Store) if not name.startswith("_") and callable(getattr(Store, name))]
+    untested = [name for name in operations if f"store.{name}(" not in source]
+    assert operations and not untested, untested

@@ -1,0 +1,348 @@
+"""Admission: who a socket is, decided once, in one place.
+
+The doors (handlers/events.py) parse a socket's credentials and call this
+service; it decides the kind, verifies, admits in the store (revocation,
+parked events, the live registry: one atomic step), registers the socket on
+this node and returns the *welcome* to send once the client knows it is
+connected. It also owns the sockets still waiting to ``authenticate`` (the
+per-address cap, the ``auth_timeout``) and re-authentication of live sockets.
+A new credential kind is added here: in ``KINDS`` and in ``_verify``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import closes
+from gateway.auth.refresh import IssuedRefresh, RefreshService
+from gateway.auth.sessions import SessionService, session_room
+from gateway.auth.tickets import TicketService
+from gateway.auth.tokens import Principal, TokenService
+from gateway.config import Config
+from gateway.errors import (
+    AmbiguousCredentials,
+    ClosedWhileConnecting,
+    GatewayError,
+    InvalidRequest,
+    InvalidToken,
+    MissingCredentials,
+    RateLimited,
+    Revoked,
+    StoreUnavailable,
+)
+from gateway.formats import iso_z
+from gateway.lifetime import Lifetime
+from gateway.metrics import Metrics
+from gateway.realtime import Conn, Realtime
+from gateway.store import Store
+
+logger = logging.getLogger(__name__)
+
+Welcome = Callable[[], Coroutine[Any, Any, None]]
+
+# PROTOCOL §3: each credential kind and the fields that make it up.
+KINDS: dict[str, frozenset[str]] = {
+    "ticket": frozenset({"ticket"}),
+    "token": frozenset({"token"}),
+    "session": frozenset({"sessionId", "wsToken"}),
+    "refresh": frozenset({"refreshToken"}),
+}
+# The kinds a seed-style client may send in the query string (never logged).
+QUERY_FIELDS = ("ticket", "token", "sessionId", "wsToken")
+# The kinds `authenticate` takes.
+AUTHENTICATE_KINDS = ("token", "ticket")
+
+
+def credential_kind(fields: Mapping[str, Any]) -> str:
+    """The one kind ``fields`` make up; Missing/Ambiguous/InvalidRequest otherwise."""
+    kinds = [kind for kind, names in KINDS.items() if names & fields.keys()]
+    if len(kinds) > 1:
+        raise AmbiguousCredentials("send exactly one kind of credentials")
+    if not kinds:
+        raise MissingCredentials("credentials required: ticket, token, or sessionId and wsToken")
+    kind = kinds[0]
+    missing = KINDS[kind] - fields.keys()
+    if missing:
+        raise InvalidRequest(f"{kind} credentials also need {', '.join(sorted(missing))}")
+    return kind
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verified:
+    """A verified credential: who, and what the store handed over when admitting."""
+
+    principal: Principal
+    parked: list[str]
+    issued: IssuedRefresh | None = None  # the rotated refresh token, for a refresh connect
+
+
+async def _nothing() -> None:
+    return None
+
+
+class Admission:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        tokens: TokenService,
+        tickets: TicketService,
+        sessions: SessionService,
+        refresh: RefreshService,
+        lifetime: Lifetime,
+        realtime: Realtime,
+        metrics: Metrics,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._tokens = tokens
+        self._tickets = tickets
+        self._sessions = sessions
+        self._refresh = refresh
+        self._lifetime = lifetime
+        self._realtime = realtime
+        self._metrics = metrics
+        self._pending_by_addr: dict[str, int] = {}
+
+    # -- connect ---------------------------------------------------------------
+
+    async def connect(self, sid: str, fields: Mapping[str, str], *, addr: str) -> Welcome:
+        """Admit a connecting socket; its welcome runs once the client is connected.
+
+        Raises the refusal (a GatewayError) after undoing whatever was done."""
+        try:
+            if self._realtime.draining:
+                raise StoreUnavailable("this node is shutting down; reconnect")
+            try:
+                kind = credential_kind(fields)
+            except MissingCredentials:
+                if not self._config.deferred_auth:
+                    raise
+                return self._admit_pending(sid, addr)
+            if kind == "session":
+                welcome = await self._admit_session(sid, fields["sessionId"], fields["wsToken"])
+            else:
+                _, welcome = await self._admit_user(Conn(sid=sid, via=kind, expires_at=0.0), kind, fields)
+            conn = self._realtime.get(sid)
+            if conn is not None and conn.close_order is not None:
+                raise ClosedWhileConnecting(conn.close_order)
+            return welcome
+        except GatewayError:
+            await self.leave(sid)
+            raise
+
+    async def connected(self, sid: str, welcome: Welcome) -> None:
+        """Runs once python-socketio has the socket connected: from now on it can be
+        disconnected, so a close order that came meanwhile is carried out instead."""
+        conn = self._realtime.get(sid)
+        if conn is None:
+            return
+        conn.connecting = False
+        if conn.close_order is not None:
+            await self._realtime.close(sid, conn.close_order)
+            return
+        await welcome()
+
+    async def _verify(self, sid: str, kind: str, fields: Mapping[str, str]) -> Verified:
+        """Verify a user credential and admit ``sid`` in the store (revocation, parked events, registry)."""
+        if kind == "ticket":
+            principal = self._tickets.principal(await self._store.take(self._tickets.key(fields["ticket"])))
+            self._metrics.tickets_consumed.inc()
+            return Verified(principal=principal, parked=await self._admit_in_store(sid, principal))
+        if kind == "token":
+            principal = await self._tokens.verify(fields["token"])
+            return Verified(principal=principal, parked=await self._admit_in_store(sid, principal))
+        if kind == "refresh":
+            rotated = await self._refresh.rotate(fields["refreshToken"])
+            now = time.time()
+            principal = Principal(
+                sub=rotated.sub, exp=now + self._config.access_token_ttl, iat=now, claims=rotated.claims
+            )
+            parked = await self._admit_in_store(sid, principal)
+            return Verified(principal=principal, parked=parked, issued=rotated.issued)
+        raise InvalidRequest(f"{kind} credentials cannot authenticate a user")
+
+    async def _admit_in_store(self, sid: str, principal: Principal) -> list[str]:
+        admission = await self._store.admit(
+            sub=principal.sub,
+            iat=principal.iat,
+            sid=sid,
+            until=self._registry_until(principal.exp),
+            ttl=self._config.user_ttl,
+        )
+        if admission.revoked:
+            raise Revoked("this user's tokens were revoked")
+        return admission.parked
+
+    def _registry_until(self, exp: float) -> float:
+        if self._config.on_expiry == "ignore":
+            return time.time() + self._config.refresh_ttl
+        return exp + self._config.reauth_grace
+
+    async def _admit_user(self, conn: Conn, kind: str, fields: Mapping[str, str]) -> tuple[Principal, Welcome]:
+        """Authenticate ``conn`` (new, or pending) with a ticket, token or refresh
+        token and make it the user's. Returns who it is, and the welcome."""
+        verified = await self._verify(conn.sid, kind, fields)
+        principal = verified.principal
+        if conn.pending:
+            self._end_pending(conn)
+        conn.via = kind
+        self._realtime.register(conn)
+        self._metrics.connected_sockets.inc()
+        logger.info("connect sid=%s sub=%s via=%s", conn.sid, principal.sub, kind)
+        await self._lifetime.bind(conn, principal, parked=verified.parked)
+
+        async def welcome() -> None:
+            if not self._realtime.is_current(conn):
+                return  # left meanwhile
+            payload = {"sub": principal.sub, "expiresAt": iso_z(principal.exp), "via": kind}
+            await self._realtime.emit_local(conn.sid, "authenticated", payload)
+            await self._lifetime.begin(conn)  # timers; parked events, then anything held meanwhile
+            if verified.issued is not None:
+                await self._lifetime.bind_refresh(conn, verified.issued)
+            else:
+                await self._lifetime.issue_refresh(conn, principal)
+
+        return principal, welcome
+
+    async def _admit_session(self, sid: str, session_id: str, ws_token: str) -> Welcome:
+        opened = await self._sessions.open(session_id, ws_token)
+        conn = Conn(sid=sid, via="session", expires_at=opened.expires_at, session_id=session_id, seq=opened.seq)
+        await self._realtime.join(sid, session_room(session_id))
+        self._realtime.register(conn)
+        self._metrics.connected_sockets.inc()
+        if await self._sessions.superseded(session_id, opened.seq):
+            raise ClosedWhileConnecting(closes.REPLACED)
+        conn.timer = self._realtime.scheduler.at(opened.expires_at, lambda: self._realtime.close(sid, closes.EXPIRED))
+        logger.info("connect sid=%s session via=session", sid)
+        expires = iso_z(opened.expires_at)
+
+        async def welcome() -> None:
+            if not self._realtime.is_current(conn):
+                return
+            authenticated = {"sessionId": session_id, "expiresAt": expires, "via": "session"}
+            await self._realtime.emit_local(sid, "authenticated", authenticated)
+            otp_ready = {"type": "otp_ready", "autoPassword": opened.auto_password, "expiresAt": expires}
+            await self._realtime.emit_local(sid, "otp_ready", otp_ready)
+
+        return welcome
+
+    # -- sockets waiting to authenticate ------------------------------------------
+
+    def _admit_pending(self, sid: str, addr: str) -> Welcome:
+        """PROTOCOL §6.6: a socket without credentials waits for ``authenticate``,
+        joined to no room, at most ``max_pending_per_ip`` per address."""
+        if self._pending_by_addr.get(addr, 0) >= self._config.max_pending_per_ip:
+            raise RateLimited("too many sockets waiting to authenticate from this address")
+        self._pending_by_addr[addr] = self._pending_by_addr.get(addr, 0) + 1
+        deadline = time.time() + self._config.auth_timeout
+        conn = Conn(sid=sid, via="pending", expires_at=deadline, addr=addr)
+        conn.timer = self._realtime.scheduler.at(deadline, lambda: self._auth_timeout(sid))
+        self._realtime.register(conn)
+        self._metrics.pending_sockets.inc()
+        logger.info("connect sid=%s pending authenticate", sid)
+        return _nothing  # a pending socket is told nothing until it authenticates
+
+    def _end_pending(self, conn: Conn) -> None:
+        self._realtime.scheduler.cancel(conn.timer)
+        conn.timer = None
+        if conn.addr is not None:
+            left = self._pending_by_addr.get(conn.addr, 1) - 1
+            if left > 0:
+                self._pending_by_addr[conn.addr] = left
+            else:
+                self._pending_by_addr.pop(conn.addr, None)
+        self._metrics.pending_sockets.dec()
+
+    async def _auth_timeout(self, sid: str) -> None:
+        conn = self._realtime.get(sid)
+        if conn is not None and conn.pending:
+            logger.info("closing sid=%s reason=auth_timeout", sid)
+            await self._realtime.close(sid, closes.AUTH_TIMEOUT)
+
+    # -- authenticate, refresh, per-message tokens ------------------------------------
+
+    async def authenticate(self, conn: Conn, fields: Mapping[str, str]) -> tuple[Principal, int]:
+        """``authenticate``: admit a pending socket, or re-authenticate a live one.
+        Returns the principal and how many held events were dropped at the cap
+        since the last report."""
+        kinds = [kind for kind in AUTHENTICATE_KINDS if kind in fields]
+        if len(kinds) != 1:
+            raise (AmbiguousCredentials if kinds else MissingCredentials)("send exactly one of token or ticket")
+        kind = kinds[0]
+        if conn.pending:
+            principal, welcome = await self._admit_user(conn, kind, fields)
+            await welcome()
+            return principal, 0
+        # Re-authentication of a live socket (before or after its expiry). The sub
+        # is compared before anything of the other user is touched; a ticket's sub
+        # is known only once consumed, so that admission is undone.
+        if kind == "ticket":
+            verified = await self._verify(conn.sid, kind, fields)
+            if verified.principal.sub != conn.sub:
+                await self._undo(conn.sid, verified)
+                self._refuse_other_sub(conn)
+        else:
+            principal = await self._tokens.verify(fields["token"])
+            if principal.sub != conn.sub:
+                self._refuse_other_sub(conn)
+            verified = Verified(principal=principal, parked=await self._admit_in_store(conn.sid, principal))
+        conn.held[:0] = [(event, data) for event, data in map(json.loads, verified.parked)]
+        dropped = await self._lifetime.reauthenticate(conn, verified.principal)
+        return verified.principal, dropped
+
+    async def _undo(self, sid: str, verified: Verified) -> None:
+        """Take back an admission refused after the fact: the user's parked events
+        go back (in order; ahead of newer ones is not guaranteed) and the socket
+        leaves their registry."""
+        sub = verified.principal.sub
+        if verified.parked:
+            await self._store.park(sub, verified.parked, cap=self._config.max_held_events, ttl=self._config.refresh_ttl)
+        await self._store.forget_socket(sub, sid)
+
+    def _refuse_other_sub(self, conn: Conn) -> None:
+        """PROTOCOL §6.8: ack invalid_token, then (after the ack) closing 4001."""
+        logger.info("closing sid=%s reason=invalid_token (re-authentication as another sub)", conn.sid)
+        sid = conn.sid
+        self._realtime.scheduler.soon(lambda: self._realtime.close(sid, closes.INVALID_TOKEN))
+        raise InvalidToken("re-authentication must keep the same sub")
+
+    async def refresh(self, conn: Conn, token: str) -> IssuedRefresh:
+        """``refresh``: rotate a token of this socket's user and bind the socket to it."""
+        if conn.sub is None:  # an auth-session socket: no user, so no refresh token is its own
+            raise InvalidToken("this socket has no user to refresh")
+        rotated = await self._refresh.rotate(token, sub=conn.sub)
+        await self._lifetime.bind_refresh(conn, rotated.issued)
+        return rotated.issued
+
+    async def check_message_token(self, conn: Conn, token: str | None) -> None:
+        """Per-message auth: a ``message``'s token must be valid, unrevoked, and the socket's sub."""
+        if token is None:
+            if self._config.per_message_auth:
+                raise MissingCredentials("per-message auth is on: every message needs a token")
+            return
+        principal = await self._tokens.verify(token)
+        if principal.sub != conn.sub:
+            raise InvalidToken("the message's token is for another sub")
+        if await self._store.is_revoked(principal.sub, principal.iat):
+            raise Revoked("this token was revoked")
+
+    # -- leaving -----------------------------------------------------------------
+
+    async def leave(self, sid: str) -> bool:
+        """Release what this node holds for ``sid`` (left, or refused after it was registered)."""
+        conn = self._realtime.forget(sid)
+        if conn is None:
+            return False
+        if conn.pending:
+            self._end_pending(conn)
+        else:
+            self._metrics.connected_sockets.dec()
+            await self._lifetime.stop(conn)
+        return True
