@@ -22,6 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import socketio
+from aiohttp import web
+from engineio import packet as eio_packet
+from engineio.async_drivers import aiohttp as aiohttp_driver
+from socketio import packet as sio_packet
 
 from gateway import closes
 from gateway.closes import Close
@@ -43,6 +47,7 @@ RAW_EVENTS = frozenset({"otp_ready", "approved", "rejected"})
 UNHELD_EVENTS = frozenset({"closing", "authenticated", "auth_expiring", "reauth_required", "refresh_token"})
 CONTROL_CLOSE = "_tg:close"
 DRAIN_TIMEOUT = 2.0
+POLL_FETCH_TIMEOUT = 0.5  # how long a draining node waits for a long-polling client's next poll
 
 
 def user_room(sub: str) -> str:
@@ -62,9 +67,51 @@ class RawSocket(Protocol):
 
 
 class LocalFanout(socketio.AsyncManager):  # type: ignore[misc]
-    """The local delivery step of every emit, extended to raw sockets and control messages."""
+    """The local delivery step of every emit, extended to raw sockets and control messages.
+
+    It also keeps, beside python-socketio's ``rooms`` (room -> members), the
+    reverse index (member -> rooms): python-socketio finds a socket's rooms by
+    testing every room of the namespace, so each disconnect cost O(all rooms)
+    and a node with 1000 sockets (each with its own sid room) spent half a
+    second of a drain only finding rooms. ``basic_enter_room``,
+    ``basic_leave_room``, ``basic_disconnect`` and ``get_rooms`` are
+    python-socketio's own template methods (pinned in setup.cfg; see
+    tests/test_realtime_overrides.py).
+    """
 
     realtime: Realtime | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rooms_of: dict[tuple[str, str], set[str | None]] = {}
+
+    def basic_enter_room(self, sid: str, namespace: str, room: str | None, eio_sid: str | None = None) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        self._rooms_of.setdefault((namespace, sid), set()).add(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
+        super().basic_leave_room(sid, namespace, room)
+        rooms = self._rooms_of.get((namespace, sid))
+        if rooms is not None:
+            rooms.discard(room)
+            if not rooms:
+                del self._rooms_of[(namespace, sid)]
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        # python-socketio's own version copies and scans every room of the
+        # namespace; the rest of its bookkeeping is the same as here.
+        for room in list(self._rooms_of.get((namespace, sid), ())):
+            self.basic_leave_room(sid, namespace, room)
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            sids = pending.get(namespace)
+            if sids is not None and sid in sids:
+                sids.remove(sid)
+                if not sids:
+                    del pending[namespace]
+
+    def get_rooms(self, sid: str, namespace: str) -> list[str]:
+        return [room for room in self._rooms_of.get((namespace, sid), ()) if room is not None]
 
     async def emit(
         self,
@@ -210,9 +257,27 @@ class OriginPolicy:
         return self.allows(origin, host=request.host, scheme=request.scheme)
 
 
+class _UncompressedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
+    """python-engineio's aiohttp WebSocket, without permessage-deflate.
+
+    aiohttp offers compression to every client that asks (socket.io-client in
+    node does): a zlib stream per socket, kept for its life, and a deflate of
+    every frame. Node's socket.io server has it off by default, and so do we:
+    Socket.IO messages are small.
+    """
+
+    async def __call__(self, environ: Mapping[str, Any]) -> web.WebSocketResponse:
+        request = environ["aiohttp.request"]
+        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+        await self._sock.prepare(request)
+        self.environ = environ
+        await self.handler(self)
+        return self._sock
+
+
 def create_server(config: Config, *, origins: OriginPolicy) -> socketio.AsyncServer:
     manager = ClusterManager(config.redis_url, channel=config.redis_channel) if config.redis_url else LocalFanout()
-    return socketio.AsyncServer(
+    sio = socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=manager,
         # One socket's events run in order (a chat must not reorder messages);
@@ -224,6 +289,8 @@ def create_server(config: Config, *, origins: OriginPolicy) -> socketio.AsyncSer
         logger=False,
         engineio_logger=False,
     )
+    sio.eio._async = {**sio.eio._async, "websocket": _UncompressedWebSocket}
+    return sio
 
 
 @dataclass(kw_only=True)
@@ -349,19 +416,37 @@ class Realtime:
         """Refuse new connects, send ``closing`` 1001 to every local socket and
         drop its transport, so that clients reconnect (to another node)."""
         self.draining = True
+        closing = self._encode("closing", closes.GOING_AWAY.payload())
         sids = list(self.conns)
         for sid in sids:
-            await self.emit_local(sid, "closing", closes.GOING_AWAY.payload())
+            eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
+            if eio_sid is not None:
+                await self.sio.eio.send_packet(eio_sid, closing)
         raws = [raw for room in self.raw.values() for raw in room.values()]
-        for raw in raws:
-            await raw.close(closes.GOING_AWAY)
+        # Concurrently: each close waits for its client's half of the handshake.
+        await asyncio.gather(*(raw.close(closes.GOING_AWAY) for raw in raws), return_exceptions=True)
         await self._drop_transports()
         return len(sids) + len(raws)
 
+    def _encode(self, event: str, data: Any) -> eio_packet.Packet:
+        """An event as one Engine.IO packet, encoded once for any number of sockets."""
+        pkt = self.sio.packet_class(sio_packet.EVENT, namespace=NAMESPACE, data=[event, data])
+        return eio_packet.Packet(eio_packet.MESSAGE, pkt.encode())
+
     async def _drop_transports(self) -> None:
-        """Close every Engine.IO session (the client sees its transport close,
-        and reconnects), then give WebSocket clients up to DRAIN_TIMEOUT to
-        complete the close.
+        """End every Engine.IO session with its transport, then give WebSocket
+        clients up to DRAIN_TIMEOUT to complete the close handshake.
+
+        An Engine.IO CLOSE packet is not enough: python-socketio's client honours
+        it, but socket.io-client ignores it on a WebSocket (only its polling
+        transport reads it) and stayed connected until the process exited. So
+        an upgraded session gets the CLOSE packet and then engine.io's own
+        end-of-queue mark (``None``): its writer stops and closes the WebSocket
+        with a close frame, every client sees ``transport close`` at once and
+        reconnects, and the session ends through its own handler (which runs
+        the disconnect handlers there, after the client has been let go). A
+        long-polling session is closed here and gets the CLOSE packet in its
+        pending poll.
 
         Not engine.io's ``disconnect()``: it waits for each session's queue to
         drain, and a long-polling client can never fetch the CLOSE packet of a
@@ -369,8 +454,14 @@ class Realtime:
         polling client held the drain for the whole timeout.
         """
         eio = self.sio.eio
+        polling = []
         for eio_socket in list(eio.sockets.values()):
-            await eio_socket.close(wait=False)
+            if eio_socket.upgraded:
+                eio_socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
+                eio_socket.queue.put_nowait(None)
+            else:
+                polling.append(self._close_polling(eio_socket))
+        await asyncio.gather(*polling)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_TIMEOUT
         # A WebSocket session leaves eio.sockets once its handler returns,
@@ -380,6 +471,25 @@ class Realtime:
                 logger.warning("some WebSocket clients did not close within %ss", DRAIN_TIMEOUT)
                 break
             await asyncio.sleep(0.02)
+
+    @staticmethod
+    async def _close_polling(eio_socket: Any) -> None:
+        """End a long-polling session in two polls: first what is queued (``closing``
+        among it), then the CLOSE packet alone, and only then mark it closed.
+
+        socket.io-client hands a payload's events to the application a tick later,
+        so an event in the same response as the CLOSE packet was dropped with the
+        socket; and engine.io answers any request of a session marked closed with
+        400, so the CLOSE packet of a session closed first was never fetched (the
+        client saw a transport error). Each wait is bounded: a client that
+        stopped polling does not hold the drain.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(eio_socket.queue.join(), POLL_FETCH_TIMEOUT)
+        eio_socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(eio_socket.queue.join(), POLL_FETCH_TIMEOUT)
+        await eio_socket.close(wait=False, abort=True)
 
     # -- holding ---------------------------------------------------------------
 

@@ -1,0 +1,80 @@
+"""The places where gateway/realtime.py overrides python-socketio or python-engineio
+internals. setup.cfg pins both libraries to the tested range; these tests fail
+loudly when an upgrade changes what is overridden, before anything subtler breaks."""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import version
+
+import aiohttp
+from engineio.async_drivers import aiohttp as aiohttp_driver
+from socketio.base_manager import BaseManager
+
+from gateway.realtime import LocalFanout
+from tests.conftest import Gateway
+
+
+def parameters(function: object) -> list[str]:
+    return list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+
+
+def test_the_overridden_manager_methods_keep_their_shape() -> None:
+    assert parameters(BaseManager.basic_enter_room) == ["self", "sid", "namespace", "room", "eio_sid"]
+    assert parameters(BaseManager.basic_leave_room) == ["self", "sid", "namespace", "room"]
+    assert parameters(BaseManager.basic_disconnect) == ["self", "sid", "namespace", "kwargs"]
+    assert parameters(BaseManager.get_rooms) == ["self", "sid", "namespace"]
+    # basic_disconnect's own bookkeeping, which LocalFanout does without the room scan.
+    source = inspect.getsource(BaseManager.basic_disconnect)
+    for name in ("self.callbacks", "self.pending_connect", "self.pending_disconnect", "basic_leave_room"):
+        assert name in source, name
+    manager = BaseManager()
+    assert {"rooms", "callbacks", "pending_connect", "pending_disconnect"} <= vars(manager).keys()
+
+
+def test_the_room_index_agrees_with_python_socketios_rooms() -> None:
+    manager = LocalFanout()
+    for eio_sid, sid in (("e1", "s1"), ("e2", "s2")):
+        manager.basic_enter_room(sid, "/", None, eio_sid=eio_sid)
+        manager.basic_enter_room(sid, "/", sid, eio_sid=eio_sid)
+    for sid, room in (("s1", "user:a"), ("s1", "room:x"), ("s2", "room:x")):
+        manager.basic_enter_room(sid, "/", room)
+    manager.callbacks["s1"] = {0: iter(())}
+    manager.pending_disconnect["/"] = ["s1"]
+
+    def scanned(sid: str) -> set[str]:  # python-socketio's own way: test every room
+        return {name for name, members in manager.rooms["/"].items() if name is not None and sid in members}
+
+    assert set(manager.get_rooms("s1", "/")) == scanned("s1") == {"s1", "user:a", "room:x"}
+    manager.basic_leave_room("s1", "/", "user:a")
+    assert set(manager.get_rooms("s1", "/")) == scanned("s1") == {"s1", "room:x"}
+    manager.basic_disconnect("s1", "/")
+    assert manager.get_rooms("s1", "/") == [] and scanned("s1") == set()
+    assert "s1" not in manager.callbacks and "/" not in manager.pending_disconnect
+    assert set(manager.get_rooms("s2", "/")) == scanned("s2") == {"s2", "room:x"}
+    assert [sid for sid, _ in manager.get_participants("/", "room:x")] == ["s2"]
+
+
+def test_the_replaced_websocket_driver_keeps_its_shape() -> None:
+    assert parameters(aiohttp_driver.WebSocket.__init__) == ["self", "handler", "server"]
+    assert parameters(aiohttp_driver.WebSocket.__call__) == ["self", "environ"]
+    source = inspect.getsource(aiohttp_driver.WebSocket)
+    for name in ("self._sock", "self.environ", "await self.handler(self)"):
+        assert name in source, name
+    assert "websocket" in aiohttp_driver._async
+
+
+async def test_websockets_are_not_compressed(gateway: Gateway) -> None:
+    """A client offering permessage-deflate (node's ws does) gets plain frames."""
+    url = f"{gateway.url}/socket.io/?EIO=4&transport=websocket"
+    async with aiohttp.ClientSession() as session, session.ws_connect(url, compress=15) as ws:
+        assert "Sec-WebSocket-Extensions" not in ws._response.headers
+        assert ws.compress == 0
+        opening = await ws.receive_str(timeout=5)
+        assert opening.startswith("0{")
+
+
+def test_the_libraries_are_the_pinned_range() -> None:
+    """setup.cfg pins what these tests were written against; an upgrade starts here."""
+    assert version("python-socketio").startswith("5.18."), version("python-socketio")
+    assert version("python-engineio").startswith("4.15."), version("python-engineio")
