@@ -138,4 +138,7 @@ async def _realtime_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _going_away(app: web.Application) -> None:
     closed = await app[keys.realtime].going_away()
-    logger.info("shutting down: sent closing 1001 to %d sockets", closed)
+    # Silent when no socket was open: the CLI has drained them already (and
+    # said so), or its start failed and the error must stay the one line.
+    if closed:
+        logger.info("shutting down: sent closing 1001 to %d sockets", closed)
