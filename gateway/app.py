@@ -103,7 +103,7 @@ def create_app(config: Config) -> web.Application:
         app.router.add_static("/demo/", WEB_DEMO_DIR, show_index=False, append_version=False)
 
     app.on_response_prepare.append(http.node_header(config.node_name))
-    app.cleanup_ctx.extend([_http_client_ctx, _store_ctx, _realtime_ctx])
+    app.cleanup_ctx.extend([_key_files_ctx, _http_client_ctx, _store_ctx, _realtime_ctx])
     # Not a cleanup_ctx: aiohttp runs on_shutdown *before* it waits for open
     # handlers (every WebSocket is one), cleanup_ctx only after that wait.
     # Sockets must hear `closing` 1001 first, so this hook has to run there.
@@ -117,6 +117,12 @@ async def _redirect_to_demo(request: web.Request) -> web.StreamResponse:
 
 async def _demo_index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(WEB_DEMO_DIR / "index.html")
+
+
+async def _key_files_ctx(app: web.Application) -> AsyncIterator[None]:
+    # First: a bad jwks_file stops the start before anything else is opened.
+    await app[keys.tokens].load_key_files()
+    yield
 
 
 async def _http_client_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -140,6 +140,28 @@ def test_cli_port_in_use(tmp_path: Path) -> None:
     assert line == f"ticketgate: cannot listen on 127.0.0.1:{port}: address already in use"
 
 
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "cannot read jwks_file {path}: No such file or directory"),
+        ('{"keys": [', "jwks_file {path} is not a JWKS: Expecting value: line 1 column 11 (char 10)"),
+        ("[1, 2]", 'jwks_file {path} is not a JWKS: expected a JSON object with a "keys" array'),
+        ('{"keys": [{"kty": "nope"}]}', "jwks_file {path} has no usable signing key"),
+    ],
+    ids=["missing", "not-json", "not-a-jwks", "no-usable-key"],
+)
+def test_cli_bad_jwks_file_stops_the_start(tmp_path: Path, content: str | None, says: str) -> None:
+    """A [[issuers]] jwks_file is loaded once at start: a bad one stops the
+    gateway then, with one line naming the file, not at the issuer's first token."""
+    jwks = tmp_path / "partner.jwks.json"
+    if content is not None:
+        jwks.write_text(content)
+    issuer = {"iss": "https://partner.example", "jwks_file": str(jwks)}
+    file = write_toml(tmp_path / "issuers.toml", {"issuers": [issuer]})
+    line = one_line_exit_2(run_cli("serve", "--config", str(file), "--port", "0", timeout=15))
+    assert line == "ticketgate: config error: issuer https://partner.example: " + says.format(path=jwks)
+
+
 def test_cli_bad_env_exits_2() -> None:
     result = run_cli("serve", env={"TICKETGATE_MAX_ATTEMPTS": "0"})
     assert result.returncode == 2 and "max_attempts" in result.stderr and "Traceback" not in result.stderr
