@@ -7,7 +7,7 @@ JS     := tests/js/node_modules/.installed
 DEMO_JS := web_demo/node_modules/.installed
 APT_PACKAGES := redis-server:redis-server nginx:nginx chromium:chromium
 
-.PHONY: run test lint venv system-deps js-deps bench screenshot clean
+.PHONY: run test lint venv system-deps js-deps dist bench screenshot clean
 
 run: $(STAMP) $(DEMO_JS)
 	$(BIN)/ticketgate serve --demo
@@ -38,6 +38,14 @@ $(JS): tests/js/package.json tests/js/package-lock.json
 	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# dist/: a wheel and an sdist that carry the web demo and its pinned socket.io-client
+# bundle (setup.py copies it from web_demo/node_modules), so an installed
+# ticketgate serves --demo with no checkout, node or npm. The wheel is built from
+# the sdist, which proves the sdist complete too.
+dist: $(STAMP) $(DEMO_JS)
+	rm -rf dist build
+	$(BIN)/python -m build --outdir dist .
+
 # Installs the servers the integration tests start (as root, from Debian's packages).
 system-deps:
 	@missing=""; \
@@ -59,3 +67,4 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) tests/js/node_modules web_demo/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf dist build ticketgate.egg-info

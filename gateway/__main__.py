@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from gateway import keys
 from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.auth.tokens import TokenService
 from gateway.config import Config, encode_secret, generate_signing_key, load_config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StartupError
 from handlers.http import RedactParserErrors
 
 logger = logging.getLogger("gateway")
@@ -51,11 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "token":
             return _token(args)
         flags = {"host": args.host, "port": args.port, "redis_url": args.redis_url, "demo": args.demo}
-        config = load_config(file=args.config, flags=flags)
+        asyncio.run(serve(load_config(file=args.config, flags=flags)))
     except ConfigError as exc:
         print(f"ticketgate: config error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(config))
+    except StartupError as exc:
+        print(f"ticketgate: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -92,9 +95,17 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(create_app(config), handle_signals=False, **RUNNER_OPTIONS)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
+    try:
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, config.host, config.port).start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {config.host}:{config.port}: {_os_reason(exc)}") from None
+    except BaseException:
+        # Close what the app's start-up opened (the HTTP client, the store):
+        # an unclosed aiohttp session would add a warning to the one line.
+        await runner.cleanup()
+        raise
     host, port = runner.addresses[0][:2]
     base = f"http://{host}:{port}"
     logger.info(
@@ -122,6 +133,14 @@ async def serve(config: Config) -> None:
         closed = await runner.app[keys.realtime].going_away()
         logger.info("drained: sent closing 1001 to %d sockets", closed)
         await runner.cleanup()
+
+
+def _os_reason(exc: OSError) -> str:
+    """'address already in use' rather than asyncio's whole sentence around it
+    (it repeats the address); a resolver error has no errno of the OS."""
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno).lower()
+    return str(exc.strerror or exc)
 
 
 if __name__ == "__main__":

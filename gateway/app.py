@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from gateway.auth.sessions import SessionService
 from gateway.auth.tickets import TicketService
 from gateway.auth.tokens import TokenService
 from gateway.config import Config
+from gateway.demo import demo_files
 from gateway.lifetime import Lifetime
 from gateway.messages import MessageService
 from gateway.metrics import Metrics
@@ -43,12 +44,11 @@ RUNNER_OPTIONS: dict[str, Any] = {
 SOCKETIO_PATH = "socket.io"
 RAW_SESSION_PREFIX = "/ws/session/"
 MAX_BODY_BYTES = 64 * 1024
-WEB_DEMO_DIR = Path(__file__).resolve().parent.parent / "web_demo"
-# socket.io-client, pinned in web_demo/package.json and installed by `make run`/`make test`.
-WEB_DEMO_VENDOR = WEB_DEMO_DIR / "node_modules" / "socket.io-client" / "dist"
 
 
 def create_app(config: Config) -> web.Application:
+    """The gateway for ``config``; StartupError if ``config.demo`` and the demo's files are missing."""
+    demo = demo_files() if config.demo else None  # first: a missing file fails before anything is built
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[
@@ -99,14 +99,14 @@ def create_app(config: Config) -> web.Application:
     sio.attach(app, socketio_path=SOCKETIO_PATH)
     http.setup_routes(app)
     app.router.add_get(RAW_SESSION_PREFIX + "{sessionId}", session_socket)
-    if config.demo:
+    if demo is not None:
         app.router.add_get("/demo", _redirect_to_demo)
-        app.router.add_get("/demo/", _demo_index)
-        app.router.add_static("/demo/vendor/", WEB_DEMO_VENDOR, show_index=False)
-        app.router.add_static("/demo/", WEB_DEMO_DIR, show_index=False, append_version=False)
+        app.router.add_get("/demo/", _file_handler(demo.page / "index.html"))
+        app.router.add_static("/demo/vendor/", demo.vendor, show_index=False)
+        app.router.add_static("/demo/", demo.page, show_index=False, append_version=False)
 
     app.on_response_prepare.append(http.node_header(config.node_name))
-    app.cleanup_ctx.extend([_http_client_ctx, _store_ctx, _realtime_ctx])
+    app.cleanup_ctx.extend([_key_files_ctx, _http_client_ctx, _store_ctx, _realtime_ctx])
     # Not a cleanup_ctx: aiohttp runs on_shutdown *before* it waits for open
     # handlers (every WebSocket is one), cleanup_ctx only after that wait.
     # Sockets must hear `closing` 1001 first, so this hook has to run there.
@@ -118,8 +118,17 @@ async def _redirect_to_demo(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/demo/")
 
 
-async def _demo_index(request: web.Request) -> web.StreamResponse:
-    return web.FileResponse(WEB_DEMO_DIR / "index.html")
+def _file_handler(path: Path) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(path)
+
+    return handler
+
+
+async def _key_files_ctx(app: web.Application) -> AsyncIterator[None]:
+    # First: a bad jwks_file stops the start before anything else is opened.
+    await app[keys.tokens].load_key_files()
+    yield
 
 
 async def _http_client_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -141,4 +150,7 @@ async def _realtime_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _going_away(app: web.Application) -> None:
     closed = await app[keys.realtime].going_away()
-    logger.info("shutting down: sent closing 1001 to %d sockets", closed)
+    # Silent when no socket was open: the CLI has drained them already (and
+    # said so), or its start failed and the error must stay the one line.
+    if closed:
+        logger.info("shutting down: sent closing 1001 to %d sockets", closed)

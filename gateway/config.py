@@ -188,6 +188,8 @@ def _load_signing_key(value: str) -> dict[str, Any]:
             text = Path(text).read_text()
         except OSError as exc:
             raise ValidationError(f"cannot read key file: {exc.strerror}", "signing_key") from None
+        except UnicodeDecodeError:
+            raise ValidationError("the key file is not UTF-8 text", "signing_key") from None
     try:
         key = jwk.JWK.from_json(text)
     except Exception:
@@ -216,6 +218,8 @@ def _read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             return tomllib.load(fh)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:  # tomllib decodes the bytes itself, before parsing
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 

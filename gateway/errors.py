@@ -22,6 +22,12 @@ class ConfigError(GatewayError):
     reason = "invalid_config"
 
 
+class StartupError(GatewayError):
+    """The gateway cannot start (a port in use, a part of the web demo missing);
+    the message says what is wrong and how to fix it. Never crosses the wire:
+    the CLI prints it as one line and exits 2."""
+
+
 class StoreUnavailable(GatewayError):
     """The state store (Redis) cannot be reached."""
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import jwt
@@ -100,6 +102,64 @@ def test_cli_bad_config_prints_one_line_and_exits_2(tmp_path: Path, content: str
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ticketgate: config error:") and named in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def one_line_exit_2(result: subprocess.CompletedProcess[str]) -> str:
+    """The single stderr line of a CLI run that refused to start with status 2."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda path: path.mkdir(), "cannot read config file {path}: Is a directory"),
+        (lambda path: None, "cannot read config file {path}: No such file or directory"),
+        (lambda path: path.write_bytes(b"port = 8080\n\xff\xfe\n"), "config file {path} is not UTF-8 text"),
+    ],
+    ids=["directory", "missing", "not-utf8"],
+)
+def test_cli_unreadable_config_file(tmp_path: Path, make: Callable[[Path], object], says: str) -> None:
+    path = tmp_path / "ticketgate.toml"
+    make(path)
+    line = one_line_exit_2(run_cli("serve", "--config", str(path), timeout=15))
+    assert line == "ticketgate: config error: " + says.format(path=path)
+
+
+def test_cli_port_in_use(tmp_path: Path) -> None:
+    """The bind fails after the app has started: its resources are closed
+    quietly and the error is still the only line."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_line_exit_2(run_cli("serve", "--port", str(port), timeout=15))
+    assert line == f"ticketgate: cannot listen on 127.0.0.1:{port}: address already in use"
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "cannot read jwks_file {path}: No such file or directory"),
+        ('{"keys": [', "jwks_file {path} is not a JWKS: Expecting value: line 1 column 11 (char 10)"),
+        ("[1, 2]", 'jwks_file {path} is not a JWKS: expected a JSON object with a "keys" array'),
+        ('{"keys": [{"kty": "nope"}]}', "jwks_file {path} has no usable signing key"),
+    ],
+    ids=["missing", "not-json", "not-a-jwks", "no-usable-key"],
+)
+def test_cli_bad_jwks_file_stops_the_start(tmp_path: Path, content: str | None, says: str) -> None:
+    """A [[issuers]] jwks_file is loaded once at start: a bad one stops the
+    gateway then, with one line naming the file, not at the issuer's first token."""
+    jwks = tmp_path / "partner.jwks.json"
+    if content is not None:
+        jwks.write_text(content)
+    issuer = {"iss": "https://partner.example", "jwks_file": str(jwks)}
+    file = write_toml(tmp_path / "issuers.toml", {"issuers": [issuer]})
+    line = one_line_exit_2(run_cli("serve", "--config", str(file), "--port", "0", timeout=15))
+    assert line == "ticketgate: config error: issuer https://partner.example: " + says.format(path=jwks)
 
 
 def test_cli_bad_env_exits_2() -> None:

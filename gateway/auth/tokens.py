@@ -26,7 +26,7 @@ import jwt
 from jwcrypto import jwk
 
 from gateway.config import Config, IssuerConfig
-from gateway.errors import InvalidToken, TokenExpired
+from gateway.errors import ConfigError, InvalidToken, TokenExpired
 
 logger = logging.getLogger(__name__)
 
@@ -87,19 +87,28 @@ class JwksSource:
     def _may_fetch(self) -> bool:
         return self._last_fetch is None or self._clock() - self._last_fetch >= self._min_interval
 
-    async def _refresh(self) -> None:
+    async def fetch(self) -> int:
+        """Load the keys now; the number of usable ones. Raises what loading
+        or parsing raised, and then keeps the keys it had."""
         self._last_fetch = self._clock()
         self.fetches += 1
+        self._keys = parse_jwks(await self._load())
+        return len(self._keys)
+
+    async def _refresh(self) -> None:
         try:
-            document = await self._load()
-            self._keys = parse_jwks(document)
+            await self.fetch()
         except Exception as exc:  # keep the old keys; the next allowed fetch retries
             logger.warning("jwks fetch for %s failed: %s", self.name, type(exc).__name__)
 
 
-def parse_jwks(document: Mapping[str, Any]) -> dict[str | None, jwt.PyJWK]:
+def parse_jwks(document: object) -> dict[str | None, jwt.PyJWK]:
+    """The usable signing keys of a JWKS document, by kid; ValueError if it is
+    not a JWKS at all (a JSON object with a "keys" array)."""
+    if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
+        raise ValueError('expected a JSON object with a "keys" array')
     keys: dict[str | None, jwt.PyJWK] = {}
-    for entry in document.get("keys", []):
+    for entry in document["keys"]:
         if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
             continue
         try:
@@ -164,6 +173,25 @@ class TokenService:
         for issuer in config.issuers:
             source = self._source_for(issuer, http, clock)
             self._trusted[issuer.iss] = _Trust(source, issuer.algorithms, issuer.audience)
+        self._key_files = {issuer.iss: issuer.jwks_file for issuer in config.issuers if issuer.jwks_file is not None}
+
+    async def load_key_files(self) -> None:
+        """Load every issuer's ``jwks_file`` once, at start: a missing or broken
+        file stops the gateway then, naming the file, instead of refusing each
+        of the issuer's tokens later. (A ``jwks_uri`` stays fetched on first
+        need: an identity provider that is down must not keep the gateway down.)
+
+        Raises ConfigError.
+        """
+        for iss, path in self._key_files.items():
+            try:
+                usable = await self._trusted[iss].source.fetch()
+            except OSError as exc:
+                raise ConfigError(f"issuer {iss}: cannot read jwks_file {path}: {exc.strerror}") from None
+            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, parse_jwks
+                raise ConfigError(f"issuer {iss}: jwks_file {path} is not a JWKS: {exc}") from None
+            if not usable:
+                raise ConfigError(f"issuer {iss}: jwks_file {path} has no usable signing key")
 
     async def _own_jwks(self) -> Mapping[str, Any]:
         return self.jwks

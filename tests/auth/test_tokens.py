@@ -91,6 +91,14 @@ async def test_trusted_issuer_from_jwks_file(issuer: Issuer) -> None:
     assert principal.sub == "ivy" and principal.claims["rooms"] == ["room:x"]
 
 
+async def test_jwks_file_is_loaded_once_at_start(issuer: Issuer) -> None:
+    tokens = service(issuers=[issuer.settings])
+    await tokens.load_key_files()
+    issuer.jwks_file.unlink()  # the keys read at start serve the tokens
+    assert (await tokens.verify(issuer.token(sub="ivy"))).sub == "ivy"
+    assert tokens.source(ISSUER).fetches == 1
+
+
 @pytest.mark.parametrize(
     "claims",
     [

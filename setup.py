@@ -1,0 +1,52 @@
+"""One build step that setup.cfg (the metadata's home) cannot say: the wheel
+carries the web demo, so that an installed ticketgate serves ``--demo``.
+
+The page (``web_demo/*.html|js|css``) and the pinned socket.io-client bundle
+(from ``web_demo/node_modules``, which ``npm ci`` fills: it is never committed)
+are copied into the built package as ``gateway/web_demo/`` and its ``vendor/``,
+where ``gateway/demo.py`` looks first. MANIFEST.in puts the same files into the
+sdist, so a wheel built from the sdist has them too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+from setuptools.errors import FileError
+
+DEMO = Path("web_demo")
+PAGE_SUFFIXES = {".html", ".js", ".css"}
+CLIENT = DEMO / "node_modules" / "socket.io-client"
+# The bundle index.html loads, its source map, and the MIT licence that must travel with copies.
+VENDOR = (CLIENT / "dist" / "socket.io.min.js", CLIENT / "dist" / "socket.io.min.js.map", CLIENT / "LICENSE")
+TARGET = Path("gateway", "web_demo")
+
+
+class BuildPyWithDemo(build_py):
+    def run(self) -> None:
+        super().run()
+        # An editable install serves web_demo/ of the checkout itself.
+        if not self.editable_mode:
+            for source, target in self._demo_files().items():
+                self.mkpath(str(target.parent))
+                self.copy_file(str(source), str(target))
+
+    def get_outputs(self, include_bytecode: bool = True) -> list[str]:
+        demo = [] if self.editable_mode else [str(target) for target in self._demo_files().values()]
+        return [*super().get_outputs(include_bytecode), *demo]
+
+    def _demo_files(self) -> dict[Path, Path]:
+        missing = [str(path) for path in VENDOR if not path.is_file()]
+        if missing:
+            # Fail the build: a wheel without the bundle would serve a page that cannot connect.
+            raise FileError(f"missing {', '.join(missing)}: run `cd web_demo && npm ci` (or `make dist`) first")
+        target = Path(self.build_lib) / TARGET
+        pages = sorted(path for path in DEMO.iterdir() if path.suffix in PAGE_SUFFIXES and path.is_file())
+        files = {page: target / page.name for page in pages}
+        files.update({source: target / "vendor" / source.name for source in VENDOR})
+        return files
+
+
+setup(cmdclass={"build_py": BuildPyWithDemo})
