@@ -160,9 +160,10 @@ async def run(n: int) -> None:
         print("inside a Lua script are counted too, but cost no extra round trip):")
         for name, value in per.items():
             print(f"  {name:18} {value:.2f}")
-        trips = {k: per.get(k, 0.0) for k in ("evalsha", "exec", "zrem")}
+        trips = {k: per.get(k, 0.0) for k in ("getdel", "evalsha", "exec", "zrem")}
         print(
-            f"round trips: connect path {trips['evalsha']:.2f} (EVALSHA admit), after `authenticated`"
+            f"round trips: connect path {trips['getdel'] + trips['evalsha']:.2f} (GETDEL ticket, EVALSHA admit),"
+            f" after `authenticated`"
             f" {trips['exec']:.2f} (refresh token), at disconnect {trips['zrem']:.2f}"
         )
     finally:

@@ -111,6 +111,9 @@ def test_wheel_and_sdist_carry_the_page_and_the_bundle(built: Built) -> None:
     assert "gateway/web_demo/vendor/socket.io.min.js" in names
     assert "gateway/web_demo/vendor/LICENSE" in names  # socket.io-client's MIT licence travels with it
     assert not [name for name in names if "node_modules" in name]
+    # The Redis engine's Lua scripts, which it loads at start.
+    scripts = {f"gateway/store/lua/{path.name}" for path in (ROOT / "gateway" / "store" / "lua").glob("*.lua")}
+    assert scripts and scripts <= names
     with tarfile.open(built.sdist) as sdist:
         members = {name.partition("/")[2] for name in sdist.getnames()}
     assert "web_demo/node_modules/socket.io-client/dist/socket.io.min.js" in members
