@@ -22,6 +22,7 @@ from gateway.auth.tokens import GATEWAY_ISSUER, JWKS_REFETCH_INTERVAL, TokenServ
 from gateway.config import load_config
 from gateway.errors import InvalidToken, TokenExpired
 from tests.auth.conftest import AUDIENCE, ISSUER, Issuer
+from tests.support import Clock
 
 
 def service(**settings: Any) -> TokenService:
@@ -178,14 +179,6 @@ async def jwks_server() -> AsyncIterator[JwksServer]:
     await server.server.start_server()
     yield server
     await server.server.close()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_jwks_uri_rotation_and_refetch_rate_limit(jwks_server: JwksServer) -> None:
