@@ -17,7 +17,17 @@ from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.config import Config, load_config
 from gateway.store import PREFIX, MemoryStore
 from gateway.store import keys as store_keys
-from tests.support import GatewayProcess, NodeScripts, Probe, RedisServer, http_json, keygen, publish, write_toml
+from tests.support import (
+    GatewayProcess,
+    NodeScripts,
+    Probe,
+    RedisServer,
+    http_json,
+    issue_ticket,
+    keygen,
+    publish,
+    write_toml,
+)
 
 
 @pytest.fixture(scope="session")
@@ -92,9 +102,7 @@ class Gateway:
             await client.aclose()
 
     async def ticket(self, sub: str = "alice", **mint: Any) -> str:
-        status, body, _ = await http_json("POST", f"{self.url}/ws/ticket", token=self.mint(sub, **mint))
-        assert status == 201, body
-        return str(body["ticket"])
+        return await issue_ticket(self.url, self.mint(sub, **mint))
 
 
 MakeGateway = Callable[..., Awaitable[Gateway]]

@@ -303,6 +303,13 @@ async def publish(url: str, admin_token: str, room: str, event: str, data: Any) 
     assert status == 202, body
 
 
+async def issue_ticket(url: str, token: str) -> str:
+    """POST /ws/ticket to the gateway (or proxy) at ``url`` with ``token``; it must be issued (201)."""
+    status, body, _ = await http_json("POST", f"{url}/ws/ticket", token=token)
+    assert status == 201, body
+    return str(body["ticket"])
+
+
 @contextlib.contextmanager
 def gateway_processes(*procs: GatewayProcess) -> Iterator[tuple[GatewayProcess, ...]]:
     try:

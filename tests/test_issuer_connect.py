@@ -19,7 +19,7 @@ from gateway.auth.tokens import JWKS_REFETCH_INTERVAL
 from tests.auth.conftest import AUDIENCE, ISSUER
 from tests.auth.test_tokens import JwksServer
 from tests.conftest import Gateway, MakeGateway
-from tests.support import Probe, http_json
+from tests.support import Probe, http_json, issue_ticket
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,10 +91,9 @@ async def test_issuer_token_authenticates_a_pending_socket(
 
 async def test_issuer_token_buys_a_ticket(gateway: Gateway, idp: JwksServer, probes: Callable[[], Probe]) -> None:
     token = issuer_token(idp.keys[0])
-    status, body, _ = await http_json("POST", f"{gateway.url}/ws/ticket", token=token)
-    assert status == 201, body
+    ticket = await issue_ticket(gateway.url, token)
     probe = probes()
-    assert await probe.connect(gateway.url, auth={"ticket": body["ticket"]})
+    assert await probe.connect(gateway.url, auth={"ticket": ticket})
     authenticated = await probe.wait_for("authenticated")
     assert authenticated["sub"] == "ivy" and authenticated["via"] == "ticket"
     assert authenticated["expiresAt"] == expires_at(token)  # §6.14: the token's exp

@@ -35,7 +35,16 @@ import pytest
 
 from gateway.auth.tokens import TokenService
 from gateway.config import load_config
-from tests.support import GatewayProcess, Probe, RedisServer, free_port, http_json, wait_for_port, write_toml
+from tests.support import (
+    GatewayProcess,
+    Probe,
+    RedisServer,
+    free_port,
+    http_json,
+    issue_ticket,
+    wait_for_port,
+    write_toml,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -62,12 +71,6 @@ class Secrets:
 
     def leaked(self, text: str) -> list[str]:
         return [label for label, value in self.values.items() if value and value in text]
-
-
-async def issue_ticket(url: str, token: str) -> str:
-    status, body, _ = await http_json("POST", f"{url}/ws/ticket", token=token)
-    assert status == 201, body
-    return str(body["ticket"])
 
 
 async def raw_request(port: int, head: str) -> bytes:

@@ -14,17 +14,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.cluster.conftest import ADMIN_TOKEN, cli_token
-from tests.support import GatewayProcess, Probe, http_json, metric_value, publish
+from tests.support import GatewayProcess, Probe, http_json, issue_ticket, metric_value, publish
 
 pytestmark = pytest.mark.timeout(60)
 
 Nodes = tuple[GatewayProcess, GatewayProcess]
-
-
-async def issue_ticket(node: GatewayProcess, token: str) -> str:
-    status, body, _ = await http_json("POST", f"{node.url}/ws/ticket", token=token)
-    assert status == 201, body
-    return str(body["ticket"])
 
 
 async def metric(node: GatewayProcess, name: str) -> float:
@@ -59,7 +53,7 @@ async def test_one_ticket_fifty_concurrent_connects_on_two_nodes_exactly_one_win
     two_nodes: Nodes, cluster_settings: dict[str, Any], probes: Callable[[], Probe]
 ) -> None:
     a = two_nodes[0]
-    ticket = await issue_ticket(a, await cli_token(a.config_file, "alice"))
+    ticket = await issue_ticket(a.url, await cli_token(a.config_file, "alice"))
     clients = [probes() for _ in range(50)]
     async with writes_held(cluster_settings["redis_url"], until_waiting=len(clients)):
         connects = [
@@ -82,7 +76,7 @@ async def test_publish_on_one_node_reaches_a_socket_on_the_other(two_nodes: Node
     a, b = two_nodes
     alice, bob = probes(), probes()
     alice_token, bob_token = await asyncio.gather(cli_token(a.config_file, "alice"), cli_token(b.config_file, "bob"))
-    assert await alice.connect(a.url, auth={"ticket": await issue_ticket(a, alice_token)})
+    assert await alice.connect(a.url, auth={"ticket": await issue_ticket(a.url, alice_token)})
     assert await bob.connect(b.url, auth={"token": bob_token})
     await alice.wait_for("authenticated")
     await bob.wait_for("authenticated")
@@ -102,7 +96,7 @@ async def test_ticket_issued_on_one_node_is_consumed_on_the_other(
     two_nodes: Nodes, probes: Callable[[], Probe]
 ) -> None:
     a, b = two_nodes
-    ticket = await issue_ticket(a, await cli_token(a.config_file, "carol"))
+    ticket = await issue_ticket(a.url, await cli_token(a.config_file, "carol"))
     probe = probes()
     assert await probe.connect(b.url, auth={"ticket": ticket})
     authenticated = await probe.wait_for("authenticated")
@@ -127,4 +121,4 @@ async def test_token_minted_for_one_node_works_on_the_other(two_nodes: Nodes, pr
         authenticated = await probe.wait_for("authenticated")
         assert (authenticated["sub"], authenticated["via"]) == (sub, "token")
     # The token also buys a ticket on the other node.
-    assert await issue_ticket(b, token_from_a)
+    assert await issue_ticket(b.url, token_from_a)

@@ -15,7 +15,18 @@ import pytest
 from gateway.auth.tokens import TokenService
 from gateway.config import load_config
 from tests.cluster.conftest import ADMIN_TOKEN
-from tests.support import ROOT, GatewayProcess, Probe, free_port, http_json, metric_value, publish, wait_for_port, which
+from tests.support import (
+    ROOT,
+    GatewayProcess,
+    Probe,
+    free_port,
+    http_json,
+    issue_ticket,
+    metric_value,
+    publish,
+    wait_for_port,
+    which,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -109,12 +120,6 @@ def mint(cluster_settings: dict[str, Any]) -> Callable[[str], str]:
     return lambda sub: tokens.mint(sub)[0]
 
 
-async def ticket_through(nginx: Nginx, token: str) -> str:
-    status, body, _ = await http_json("POST", f"{nginx.url}/ws/ticket", token=token)
-    assert status == 201, body
-    return str(body["ticket"])
-
-
 async def connected_sockets(node: GatewayProcess) -> float:
     status, text, _ = await http_json("GET", f"{node.url}/metrics")
     assert status == 200
@@ -134,7 +139,7 @@ async def test_polling_client_upgrades_through_nginx_and_hears_the_other_node(
     """socket.io-client's default: long-polling first, then the WebSocket upgrade;
     every request of the session must reach the same node (ip_hash)."""
     probe = probes()
-    ticket = await ticket_through(nginx, mint("alice"))
+    ticket = await issue_ticket(nginx.url, mint("alice"))
     assert await probe.connect(nginx.url, auth={"ticket": ticket}, transports=("polling", "websocket"))
     authenticated = await probe.wait_for("authenticated")
     assert (authenticated["sub"], authenticated["via"]) == ("alice", "ticket")
