@@ -252,6 +252,10 @@ class Probe:
             return False
         return True
 
+    async def call(self, event: str, data: Any = None, *, timeout: float = 5.0) -> Any:
+        """Emit ``event`` with ``data`` and wait up to ``timeout`` for its ack; the ack's data."""
+        return await self.client.call(event, data, timeout=timeout)
+
     async def wait_for(self, event: str, *, timeout: float = 5.0, count: int = 1) -> Any:
         """The data of the ``count``-th ``event`` received, waiting up to ``timeout``."""
         async with self._changed:

@@ -71,8 +71,8 @@ async def test_issuer_token_at_connect(gateway: Gateway, idp: JwksServer, probes
     authenticated = await probe.wait_for("authenticated")
     assert authenticated == {"sub": "ivy", "expiresAt": expires_at(token), "via": "token"}
     # The issuer's own claims govern the socket, e.g. its rooms.
-    assert (await probe.client.call("join", {"room": "room:idp-blue"}, timeout=5))["ok"] is True
-    assert (await probe.client.call("join", {"room": "room:other"}, timeout=5))["ok"] is False
+    assert (await probe.call("join", {"room": "room:idp-blue"}))["ok"] is True
+    assert (await probe.call("join", {"room": "room:other"}))["ok"] is False
     # A second token of the same key is verified from the cache.
     again = await connect(gateway, probes, issuer_token(idp.keys[0], sub="ivan"))
     assert (await again.wait_for("authenticated"))["sub"] == "ivan"
@@ -84,7 +84,7 @@ async def test_issuer_token_authenticates_a_pending_socket(
 ) -> None:
     probe = probes()
     assert await probe.connect(gateway.url, auth={})
-    ack = await probe.client.call("authenticate", {"token": issuer_token(idp.keys[0])}, timeout=5)
+    ack = await probe.call("authenticate", {"token": issuer_token(idp.keys[0])})
     assert ack["ok"] is True and ack["sub"] == "ivy"
     assert (await probe.wait_for("authenticated"))["via"] == "token"
 
@@ -129,7 +129,7 @@ async def test_foreign_tokens_are_refused(
 
     pending = probes()
     assert await pending.connect(gateway.url, auth={})
-    assert await pending.client.call("authenticate", {"token": token}, timeout=5) == {
+    assert await pending.call("authenticate", {"token": token}) == {
         "ok": False,
         "error": INVALID_TOKEN,
     }

@@ -152,11 +152,11 @@ async def run_flows(
     # -- deferred authentication: the credential arrives in an event
     deferred = probes()
     assert await deferred.connect(url)
-    ack = await deferred.client.call("authenticate", {"token": mint("token (authenticate)", "k-deferred")}, timeout=5)
+    ack = await deferred.call("authenticate", {"token": mint("token (authenticate)", "k-deferred")})
     assert ack["ok"] is True, ack
     accepted.append(("k-deferred", "token"))
-    bad_ack = await deferred.client.call(
-        "authenticate", {"ticket": secrets.add("ticket (authenticate, garbage)", "Zz" * 21 + "Q")}, timeout=5
+    bad_ack = await deferred.call(
+        "authenticate", {"ticket": secrets.add("ticket (authenticate, garbage)", "Zz" * 21 + "Q")}
     )
     assert bad_ack["ok"] is False, bad_ack
     sockets.append(deferred)

@@ -38,7 +38,7 @@ async def test_refresh_fails_closed_while_redis_is_down(
         token = (await probe.wait_for("refresh_token"))["refreshToken"]
 
         own_redis.stop()
-        ack: Any = await probe.client.call("refresh", {"refreshToken": token}, timeout=10)
+        ack: Any = await probe.call("refresh", {"refreshToken": token}, timeout=10)
         assert ack == {"ok": False, "error": {"code": 4503, "reason": "unavailable"}}
         refused = probes()
         assert not await refused.connect(url, auth={"refreshToken": token})
@@ -47,7 +47,7 @@ async def test_refresh_fails_closed_while_redis_is_down(
 
         own_redis.start()  # same port; nothing restarted on the gateway side
         for _ in range(50):
-            ack = await probe.client.call("refresh", {"refreshToken": token}, timeout=10)
+            ack = await probe.call("refresh", {"refreshToken": token}, timeout=10)
             if ack["ok"] or ack["error"]["code"] != 4503:
                 break
             await asyncio.sleep(0.2)
@@ -57,6 +57,6 @@ async def test_refresh_fails_closed_while_redis_is_down(
         fresh = probes()
         assert await fresh.connect(url, auth={"token": app[keys.tokens].mint("alice")[0]})
         new_token = (await fresh.wait_for("refresh_token"))["refreshToken"]
-        assert (await fresh.client.call("refresh", {"refreshToken": new_token}, timeout=10))["ok"] is True
+        assert (await fresh.call("refresh", {"refreshToken": new_token}, timeout=10))["ok"] is True
     finally:
         await server.close()

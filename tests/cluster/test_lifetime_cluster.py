@@ -68,10 +68,6 @@ async def refused(node: GatewayProcess, probes: Callable[[], Probe], auth: dict[
     return probe.connect_error["data"]
 
 
-async def call(probe: Probe, event: str, data: Any) -> Any:
-    return await probe.client.call(event, data, timeout=5)
-
-
 def seqs(probe: Probe) -> list[int]:
     return [data["seq"] for data in probe.named("tick")]
 
@@ -127,7 +123,7 @@ async def test_refresh_reuse_on_one_node_closes_the_family_on_the_other(
     tokens = minter(cluster_settings)
     holder = await connected(b, probes, {"token": tokens.mint("alice")[0]})
     rotated = (await holder.wait_for("refresh_token"))["refreshToken"]
-    ack = await call(holder, "refresh", {"refreshToken": rotated})
+    ack = await holder.call("refresh", {"refreshToken": rotated})
     assert ack["ok"] is True and ack["refreshToken"] != rotated
     bystander = await connected(a, probes, {"token": tokens.mint("alice")[0]})  # another family
     await bystander.wait_for("refresh_token")
@@ -180,7 +176,7 @@ async def test_concurrent_rotations_of_one_token_on_two_nodes_have_one_winner(
 
     # Both rotations read the token as active, then queue their atomic write together.
     async with writes_held(cluster_settings["redis_url"], until_waiting=2):
-        calls = [asyncio.create_task(call(helper, "refresh", {"refreshToken": token})) for helper in helpers]
+        calls = [asyncio.create_task(helper.call("refresh", {"refreshToken": token})) for helper in helpers]
     acks = await asyncio.gather(*calls)
 
     winners = [ack for ack in acks if ack["ok"]]
@@ -226,5 +222,5 @@ async def test_renewal_of_a_token_rotated_by_a_connect_on_the_other_node_is_not_
     await asyncio.sleep(0.3)
     assert not first_tab.named("closing") and not second_tab.named("closing")
     assert len(first_tab.named("refresh_token")) == 1
-    ack = await call(second_tab, "refresh", {"refreshToken": renewed})  # the family is alive
+    ack = await second_tab.call("refresh", {"refreshToken": renewed})  # the family is alive
     assert ack["ok"] is True
