@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -30,15 +29,6 @@ pytestmark = pytest.mark.timeout(60)
 
 ADMIN_TOKEN = "admin-token-for-fault-tests-0123456789"
 GOING_AWAY = {"code": 1001, "reason": "going_away"}
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test alone: the test stops and restarts it."""
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 def mint(settings: dict[str, Any], sub: str) -> str:

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway import keys
 from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.config import load_config
 from tests.support import Probe, RedisServer
-
-
-@pytest.fixture
-async def own_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_refresh_fails_closed_while_redis_is_down(
