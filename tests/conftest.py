@@ -19,6 +19,7 @@ from gateway.store import PREFIX, MemoryStore
 from gateway.store import keys as store_keys
 from tests.support import (
     GatewayProcess,
+    JwksServer,
     NodeScripts,
     Probe,
     RedisServer,
@@ -159,6 +160,15 @@ async def node_scripts() -> AsyncIterator[NodeScripts]:
     scripts = NodeScripts()
     yield scripts
     await scripts.stop()
+
+
+@pytest.fixture
+async def jwks_server() -> AsyncIterator[JwksServer]:
+    """A trusted issuer serving its JWKS over real HTTP (fetched on the gateway's first need)."""
+    server = JwksServer()
+    await server.start()
+    yield server
+    await server.close()
 
 
 @pytest.fixture

@@ -21,11 +21,19 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import aiohttp
+import jwt
 import redis.asyncio as aioredis
 import socketio
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from jwcrypto import jwk
 
 ROOT = Path(__file__).resolve().parent.parent
 JS_DIR = ROOT / "tests" / "js"
+
+# A trusted external issuer of the tests (its keys from a JWKS file or a JwksServer).
+ISSUER = "https://idp.example.test"
+AUDIENCE = "ticketgate-tests"
 
 
 class Clock:
@@ -408,6 +416,50 @@ class RawSocketIO:
         if self.ws is not None:
             await self.ws.close()
         await self.session.close()
+
+
+class JwksServer:
+    """A trusted issuer over real HTTP on 127.0.0.1: a rotatable ES256 JWKS (kid k1
+    to start with) that counts its fetches, and the issuer's token signing."""
+
+    def __init__(self) -> None:
+        self.keys = [jwk.JWK.generate(kty="EC", crv="P-256", kid="k1")]
+        self.fetches = 0
+        app = web.Application()
+        app.router.add_get("/jwks.json", self._jwks)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    async def _jwks(self, request: web.Request) -> web.Response:
+        self.fetches += 1
+        return web.json_response({"keys": [k.export_public(as_dict=True) for k in self.keys]})
+
+    async def start(self) -> None:
+        await self.server.start_server()
+
+    async def close(self) -> None:
+        """Stop serving: the issuer goes down."""
+        await self.server.close()
+
+    def rotate(self, kid: str) -> jwk.JWK:
+        """Publish only a new key, ``kid``, from now on."""
+        key = jwk.JWK.generate(kty="EC", crv="P-256", kid=kid)
+        self.keys = [key]
+        return key
+
+    @property
+    def uri(self) -> str:
+        return str(self.server.make_url("/jwks.json"))
+
+    def token(self, key: jwk.JWK | None = None, *, kid: str | None = None, **claims: Any) -> str:
+        """A token as the issuer signs them: ES256 with ``key`` (default: the first one
+        it publishes), ``kid`` (default: the key's own) in the header, for sub ivy,
+        valid 300 s; ``claims`` override those (a claim given as None is left out)."""
+        key = self.keys[0] if key is None else key
+        now = int(time.time())
+        payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": "ivy", "iat": now, "exp": now + 300, **claims}
+        payload = {name: value for name, value in payload.items() if value is not None}
+        pem = key.export_to_pem(private_key=True, password=None)
+        return jwt.encode(payload, pem, algorithm="ES256", headers={"kid": kid or key["kid"]})
 
 
 class NodeScript:
