@@ -156,7 +156,7 @@ async def probes() -> AsyncIterator[Callable[[], Probe]]:
 
 @pytest.fixture
 async def node_scripts() -> AsyncIterator[NodeScripts]:
-    """Track node processes: ``client = await node_scripts(JsClient.start(...))``."""
+    """Track node processes: ``client = await node_scripts(JsClient.connect(url, ...))``."""
     scripts = NodeScripts()
     yield scripts
     await scripts.stop()

@@ -540,6 +540,90 @@ class NodeScript:
             await self._reader
 
 
+class JsClient(NodeScript):
+    """The official socket.io-client (pinned in tests/js/package.json), run by node
+    in one of the scripts of tests/js; launch it with ``connect``, ``deferred`` or
+    ``reauth``, and track it with the ``node_scripts`` fixture.
+
+    Every script prints the same two kinds of line. Pseudo-events, what the
+    client itself saw or did: ``{"event": "open" | "upgrade" | "connect" |
+    "connect_error" | "disconnect" | "sent" | "ack" | "ready" | "timeout", ...}``
+    (``seen``); and each event the server emitted, as ``{"event": "emit",
+    "name", "args"}`` (``emitted``, ``received``).
+    """
+
+    CONNECT_TIMEOUT_MS = 15_000
+    DEFERRED_TIMEOUT_MS = 15_000
+    REAUTH_TIMEOUT_MS = 20_000
+
+    @classmethod
+    async def connect(cls, url: str, **options: Any) -> Self:
+        """``node connect.mjs``: connect with ``options`` (auth, query, transports,
+        extraHeaders, until, timeoutMs; None leaves one out); node exits 0 once an
+        event or pseudo-event named in ``until`` is seen."""
+        options = {name: value for name, value in options.items() if value is not None}
+        options.setdefault("timeoutMs", cls.CONNECT_TIMEOUT_MS)
+        return await cls.launch("connect.mjs", url, json.dumps(options))
+
+    @classmethod
+    async def deferred(cls, url: str, scenario: str, token: str = "", transports: str = "polling,websocket") -> Self:
+        """``node deferred.mjs``: connect with an empty auth, then ``scenario``
+        ("authenticate" with ``token``, or "join-first"); node exits once disconnected."""
+        env = {"DEFERRED_TIMEOUT_MS": str(cls.DEFERRED_TIMEOUT_MS)}
+        return await cls.launch("deferred.mjs", url, scenario, token, transports, env=env)
+
+    @classmethod
+    async def reauth(cls, url: str, token: str, fresh_token: str) -> Self:
+        """``node reauth.mjs``: connect with ``token``, rotate the first refresh
+        token, and re-authenticate with ``fresh_token`` when told on stdin
+        (``command("authenticate")``); ``finish`` tells it to close."""
+        env = {"REAUTH_TIMEOUT_MS": str(cls.REAUTH_TIMEOUT_MS)}
+        return await cls.launch("reauth.mjs", url, token, fresh_token, env=env, stdin=True)
+
+    def seen(self, event: str) -> list[dict[str, Any]]:
+        """The lines of a pseudo-event (connect, ack, ...), in order."""
+        return [line for line in self.lines if line["event"] == event]
+
+    def emitted(self, name: str | None = None) -> list[tuple[str, list[Any]]]:
+        """(name, args) of every event the server emitted (or only those called ``name``), in order."""
+        return [(line["name"], line["args"]) for line in self.seen("emit") if name in (None, line["name"])]
+
+    def received(self, name: str) -> list[Any]:
+        """The first argument of every ``name`` event the server emitted."""
+        return [args[0] if args else None for _, args in self.emitted(name)]
+
+    def index(self, predicate: Callable[[dict[str, Any]], bool]) -> int:
+        """The position of the first line matching ``predicate``."""
+        return next(i for i, line in enumerate(self.lines) if predicate(line))
+
+    async def wait_for(self, event: str, *, timeout: float = 10.0) -> dict[str, Any]:
+        """The first line of the pseudo-event ``event``, or of the server event of
+        that name, once it has come."""
+        return await self.wait(
+            lambda line: line["event"] == event or (line["event"] == "emit" and line["name"] == event),
+            timeout=timeout,
+        )
+
+    async def emit_wait(self, name: str, *, count: int = 1, timeout: float = 5.0) -> Any:
+        """The first argument of the ``count``-th ``name`` event, once it has come."""
+        line = await self.wait(
+            lambda line: line["event"] == "emit" and line["name"] == name, count=count, timeout=timeout
+        )
+        return line["args"][0] if line["args"] else None
+
+    async def ack(self, name: str, *, timeout: float = 5.0) -> Any:
+        """The ack the server gave to the client's ``name`` (``{"error": ...}`` if none came in time)."""
+        line = await self.wait(lambda line: line["event"] == "ack" and line["name"] == name, timeout=timeout)
+        return line["ack"]
+
+    async def finish(self, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """A script that takes orders on stdin is told to close first; then as
+        ``NodeScript.finish``: it must exit 0 with nothing on stderr."""
+        if self.proc.stdin is not None:
+            await self.command("close")
+        return await super().finish(timeout)
+
+
 ScriptT = TypeVar("ScriptT", bound=NodeScript)
 
 
