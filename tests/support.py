@@ -322,6 +322,18 @@ async def issue_ticket(url: str, token: str) -> str:
     return str(body["ticket"])
 
 
+Nodes = tuple[GatewayProcess, GatewayProcess]
+
+
+def start_together(*procs: GatewayProcess, timeout: float = 20) -> None:
+    """Start every process, then wait until each listens: the interpreters boot in parallel."""
+    for proc in procs:
+        proc.start(wait=False)
+    for proc in procs:
+        assert proc.proc is not None
+        wait_for_port(proc.port, proc=proc.proc, timeout=timeout)
+
+
 @contextlib.contextmanager
 def gateway_processes(*procs: GatewayProcess) -> Iterator[tuple[GatewayProcess, ...]]:
     try:
@@ -349,6 +361,13 @@ async def wait_subscribed(redis_url: str, count: int, *, channel: str = "socketi
             await asyncio.sleep(0.05)
     finally:
         await client.aclose()
+
+
+async def metric(url: str, name: str) -> float:
+    """The value of an unlabelled sample on the /metrics of the gateway at ``url``."""
+    status, text, _ = await http_json("GET", f"{url}/metrics")
+    assert status == 200
+    return metric_value(text, name)
 
 
 def metric_value(text: str, name: str) -> float:

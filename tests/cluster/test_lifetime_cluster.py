@@ -20,33 +20,16 @@ import redis.asyncio as aioredis
 
 from gateway.auth.tokens import TokenService
 from gateway.config import load_config
-from tests.cluster.conftest import ADMIN_TOKEN, cli_token
-from tests.cluster.test_cluster import writes_held
-from tests.support import GatewayProcess, Probe, http_json, publish, wait_for_port, wait_subscribed
+from tests.cluster.conftest import ADMIN_TOKEN, cli_token, start_nodes, writes_held
+from tests.support import GatewayProcess, Nodes, Probe, http_json, publish
 
 pytestmark = pytest.mark.timeout(60)
 
-Nodes = tuple[GatewayProcess, GatewayProcess]
 REFUSED_REUSE = {"code": 4011, "reason": "refresh_reuse"}
 REFUSED_REVOKED = {"code": 4011, "reason": "revoked"}
 # `exp` is whole seconds, so a token minted with this TTL has 1 to 2 s left:
 # its expiry never falls inside the connect itself.
 SHORT_TTL = 2
-
-
-async def start_nodes(
-    gateway_process: Callable[..., GatewayProcess], settings: dict[str, Any], **overrides: Any
-) -> Nodes:
-    """Nodes a and b with ``settings`` and ``overrides``, listening and subscribed."""
-    values = {**settings, **overrides}
-    a, b = gateway_process(values, name="a"), gateway_process(values, name="b")
-    for node in (a, b):  # the interpreters boot in parallel
-        node.start(wait=False)
-    for node in (a, b):
-        assert node.proc is not None
-        wait_for_port(node.port, proc=node.proc, timeout=20)
-    await wait_subscribed(settings["redis_url"], 2)
-    return a, b
 
 
 def minter(settings: dict[str, Any]) -> TokenService:

@@ -19,11 +19,10 @@ import redis.asyncio as aioredis
 
 from gateway.auth.tokens import TokenService
 from gateway.config import load_config
-from tests.support import ROOT, GatewayProcess, Probe
+from tests.support import ROOT, GatewayProcess, Nodes, Probe
 
 pytestmark = pytest.mark.timeout(60)
 
-Nodes = tuple[GatewayProcess, GatewayProcess]
 ROOM = "room:chat"
 STREAM = "tg:upstream"
 

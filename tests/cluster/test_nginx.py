@@ -18,11 +18,11 @@ from tests.cluster.conftest import ADMIN_TOKEN
 from tests.support import (
     ROOT,
     GatewayProcess,
+    Nodes,
     Probe,
     free_port,
-    http_json,
     issue_ticket,
-    metric_value,
+    metric,
     publish,
     wait_for_port,
     which,
@@ -31,7 +31,6 @@ from tests.support import (
 pytestmark = pytest.mark.timeout(60)
 
 EXAMPLE = ROOT / "deploy" / "nginx.conf"
-Nodes = tuple[GatewayProcess, GatewayProcess]
 
 
 def adapt_example(text: str, *, port: int, nodes: Nodes, workdir: Path) -> str:
@@ -120,15 +119,9 @@ def mint(cluster_settings: dict[str, Any]) -> Callable[[str], str]:
     return lambda sub: tokens.mint(sub)[0]
 
 
-async def connected_sockets(node: GatewayProcess) -> float:
-    status, text, _ = await http_json("GET", f"{node.url}/metrics")
-    assert status == 200
-    return metric_value(text, "ticketgate_connected_sockets")
-
-
 async def host_and_other(nodes: Nodes) -> tuple[GatewayProcess, GatewayProcess]:
     """(the node holding the one connected socket, the other node), from their gauges."""
-    counts = [await connected_sockets(node) for node in nodes]
+    counts = [await metric(node.url, "ticketgate_connected_sockets") for node in nodes]
     assert sorted(counts) == [0, 1], counts
     return (nodes[0], nodes[1]) if counts[0] == 1 else (nodes[1], nodes[0])
 
