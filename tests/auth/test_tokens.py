@@ -137,16 +137,17 @@ async def test_algorithm_outside_the_issuers_allowlist(issuer: Issuer) -> None:
         await tokens.verify(issuer.token())
 
 
+def trusting(jwks_server: JwksServer, session: aiohttp.ClientSession, clock: Clock) -> TokenService:
+    """A TokenService that trusts ``jwks_server``'s issuer, fetching its JWKS over
+    ``session``, with ``clock`` timing the refetch interval."""
+    issuer = {"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["ES256"]}
+    return TokenService(config=load_config(environ={}, flags={"issuers": [issuer]}), http=lambda: session, clock=clock)
+
+
 async def test_jwks_uri_rotation_and_refetch_rate_limit(jwks_server: JwksServer) -> None:
     clock = Clock()
-    config = load_config(
-        environ={},
-        flags={
-            "issuers": [{"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["ES256"]}]
-        },
-    )
     async with aiohttp.ClientSession() as session:
-        tokens = TokenService(config=config, http=lambda: session, clock=clock)
+        tokens = trusting(jwks_server, session, clock)
         first = jwks_server.keys[0]
         assert (await tokens.verify(jwks_server.token(first))).sub == "ivy"
         assert jwks_server.fetches == 1
@@ -176,14 +177,8 @@ async def test_jwks_uri_rotation_and_refetch_rate_limit(jwks_server: JwksServer)
 
 async def test_jwks_fetch_failure_keeps_old_keys(jwks_server: JwksServer) -> None:
     clock = Clock()
-    config = load_config(
-        environ={},
-        flags={
-            "issuers": [{"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["ES256"]}]
-        },
-    )
     async with aiohttp.ClientSession() as session:
-        tokens = TokenService(config=config, http=lambda: session, clock=clock)
+        tokens = trusting(jwks_server, session, clock)
         key = jwks_server.keys[0]
         await tokens.verify(jwks_server.token(key))
         await jwks_server.close()  # the issuer goes down
