@@ -150,7 +150,7 @@ LISTEN_RETRY_MAX = 5.0
 
 class ClusterManager(socketio.AsyncRedisManager, LocalFanout):  # type: ignore[misc]
     """AsyncRedisManager whose local deliveries go through LocalFanout, with
-    three changes for a cluster that must not lose or duplicate events:
+    two changes for a cluster that must not lose or duplicate events:
 
     * an emit is published to Redis *before* it is delivered on this node, and
       a failed publish raises StoreUnavailable: the caller (``POST

@@ -20,14 +20,21 @@ Job = Callable[[], Coroutine[Any, Any, None]]
 
 
 class Scheduler:
-    def __init__(self) -> None:
+    """Runs coroutines at unix times.
+
+    ``clock`` is the unix time "now" every delay is measured from (``time.time``
+    by default); a test may pass one that is ahead of or behind real time.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._running: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
 
     def at(self, when: float, job: Job) -> asyncio.TimerHandle:
         """Run ``job()`` at unix time ``when`` (at once if it is past)."""
         loop = asyncio.get_running_loop()
-        delay = max(0.0, when - time.time())
+        delay = max(0.0, when - self._clock())
         handle: asyncio.TimerHandle | None = None
 
         def fire() -> None:
@@ -43,7 +50,7 @@ class Scheduler:
 
     def soon(self, job: Job) -> asyncio.TimerHandle:
         """Run ``job()`` once the current handler has returned (e.g. after its ack went out)."""
-        return self.at(0, job)
+        return self.at(self._clock(), job)
 
     def cancel(self, handle: asyncio.TimerHandle | None) -> None:
         if handle is not None:

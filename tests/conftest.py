@@ -17,12 +17,32 @@ from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.config import Config, load_config
 from gateway.store import PREFIX, MemoryStore
 from gateway.store import keys as store_keys
-from tests.support import GatewayProcess, NodeScripts, Probe, RedisServer, http_json, keygen, publish, write_toml
+from tests.support import (
+    GatewayProcess,
+    JwksServer,
+    NodeScripts,
+    Probe,
+    RedisServer,
+    http_json,
+    issue_ticket,
+    keygen,
+    publish,
+    write_toml,
+)
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test alone: the test may stop and restart it (same port)."""
+    server = RedisServer(tmp_path / "redis")
     server.start()
     yield server
     server.stop()
@@ -92,9 +112,7 @@ class Gateway:
             await client.aclose()
 
     async def ticket(self, sub: str = "alice", **mint: Any) -> str:
-        status, body, _ = await http_json("POST", f"{self.url}/ws/ticket", token=self.mint(sub, **mint))
-        assert status == 201, body
-        return str(body["ticket"])
+        return await issue_ticket(self.url, self.mint(sub, **mint))
 
 
 MakeGateway = Callable[..., Awaitable[Gateway]]
@@ -138,10 +156,19 @@ async def probes() -> AsyncIterator[Callable[[], Probe]]:
 
 @pytest.fixture
 async def node_scripts() -> AsyncIterator[NodeScripts]:
-    """Track node processes: ``client = await node_scripts(JsClient.start(...))``."""
+    """Track node processes: ``client = await node_scripts(JsClient.connect(url, ...))``."""
     scripts = NodeScripts()
     yield scripts
     await scripts.stop()
+
+
+@pytest.fixture
+async def jwks_server() -> AsyncIterator[JwksServer]:
+    """A trusted issuer serving its JWKS over real HTTP (fetched on the gateway's first need)."""
+    server = JwksServer()
+    await server.start()
+    yield server
+    await server.close()
 
 
 @pytest.fixture

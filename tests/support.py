@@ -21,11 +21,29 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import aiohttp
+import jwt
 import redis.asyncio as aioredis
 import socketio
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from jwcrypto import jwk
 
 ROOT = Path(__file__).resolve().parent.parent
 JS_DIR = ROOT / "tests" / "js"
+
+# A trusted external issuer of the tests (its keys from a JWKS file or a JwksServer).
+ISSUER = "https://idp.example.test"
+AUDIENCE = "ticketgate-tests"
+
+
+class Clock:
+    """A clock that stands still until a test moves ``now``; for a ``clock=`` parameter."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def free_port() -> int:
@@ -242,6 +260,10 @@ class Probe:
             return False
         return True
 
+    async def call(self, event: str, data: Any = None, *, timeout: float = 5.0) -> Any:
+        """Emit ``event`` with ``data`` and wait up to ``timeout`` for its ack; the ack's data."""
+        return await self.client.call(event, data, timeout=timeout)
+
     async def wait_for(self, event: str, *, timeout: float = 5.0, count: int = 1) -> Any:
         """The data of the ``count``-th ``event`` received, waiting up to ``timeout``."""
         async with self._changed:
@@ -293,6 +315,25 @@ async def publish(url: str, admin_token: str, room: str, event: str, data: Any) 
     assert status == 202, body
 
 
+async def issue_ticket(url: str, token: str) -> str:
+    """POST /ws/ticket to the gateway (or proxy) at ``url`` with ``token``; it must be issued (201)."""
+    status, body, _ = await http_json("POST", f"{url}/ws/ticket", token=token)
+    assert status == 201, body
+    return str(body["ticket"])
+
+
+Nodes = tuple[GatewayProcess, GatewayProcess]
+
+
+def start_together(*procs: GatewayProcess, timeout: float = 20) -> None:
+    """Start every process, then wait until each listens: the interpreters boot in parallel."""
+    for proc in procs:
+        proc.start(wait=False)
+    for proc in procs:
+        assert proc.proc is not None
+        wait_for_port(proc.port, proc=proc.proc, timeout=timeout)
+
+
 @contextlib.contextmanager
 def gateway_processes(*procs: GatewayProcess) -> Iterator[tuple[GatewayProcess, ...]]:
     try:
@@ -320,6 +361,13 @@ async def wait_subscribed(redis_url: str, count: int, *, channel: str = "socketi
             await asyncio.sleep(0.05)
     finally:
         await client.aclose()
+
+
+async def metric(url: str, name: str) -> float:
+    """The value of an unlabelled sample on the /metrics of the gateway at ``url``."""
+    status, text, _ = await http_json("GET", f"{url}/metrics")
+    assert status == 200
+    return metric_value(text, name)
 
 
 def metric_value(text: str, name: str) -> float:
@@ -387,6 +435,50 @@ class RawSocketIO:
         if self.ws is not None:
             await self.ws.close()
         await self.session.close()
+
+
+class JwksServer:
+    """A trusted issuer over real HTTP on 127.0.0.1: a rotatable ES256 JWKS (kid k1
+    to start with) that counts its fetches, and the issuer's token signing."""
+
+    def __init__(self) -> None:
+        self.keys = [jwk.JWK.generate(kty="EC", crv="P-256", kid="k1")]
+        self.fetches = 0
+        app = web.Application()
+        app.router.add_get("/jwks.json", self._jwks)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    async def _jwks(self, request: web.Request) -> web.Response:
+        self.fetches += 1
+        return web.json_response({"keys": [k.export_public(as_dict=True) for k in self.keys]})
+
+    async def start(self) -> None:
+        await self.server.start_server()
+
+    async def close(self) -> None:
+        """Stop serving: the issuer goes down."""
+        await self.server.close()
+
+    def rotate(self, kid: str) -> jwk.JWK:
+        """Publish only a new key, ``kid``, from now on."""
+        key = jwk.JWK.generate(kty="EC", crv="P-256", kid=kid)
+        self.keys = [key]
+        return key
+
+    @property
+    def uri(self) -> str:
+        return str(self.server.make_url("/jwks.json"))
+
+    def token(self, key: jwk.JWK | None = None, *, kid: str | None = None, **claims: Any) -> str:
+        """A token as the issuer signs them: ES256 with ``key`` (default: the first one
+        it publishes), ``kid`` (default: the key's own) in the header, for sub ivy,
+        valid 300 s; ``claims`` override those (a claim given as None is left out)."""
+        key = self.keys[0] if key is None else key
+        now = int(time.time())
+        payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": "ivy", "iat": now, "exp": now + 300, **claims}
+        payload = {name: value for name, value in payload.items() if value is not None}
+        pem = key.export_to_pem(private_key=True, password=None)
+        return jwt.encode(payload, pem, algorithm="ES256", headers={"kid": kid or key["kid"]})
 
 
 class NodeScript:
@@ -465,6 +557,90 @@ class NodeScript:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+
+
+class JsClient(NodeScript):
+    """The official socket.io-client (pinned in tests/js/package.json), run by node
+    in one of the scripts of tests/js; launch it with ``connect``, ``deferred`` or
+    ``reauth``, and track it with the ``node_scripts`` fixture.
+
+    Every script prints the same two kinds of line. Pseudo-events, what the
+    client itself saw or did: ``{"event": "open" | "upgrade" | "connect" |
+    "connect_error" | "disconnect" | "sent" | "ack" | "ready" | "timeout", ...}``
+    (``seen``); and each event the server emitted, as ``{"event": "emit",
+    "name", "args"}`` (``emitted``, ``received``).
+    """
+
+    CONNECT_TIMEOUT_MS = 15_000
+    DEFERRED_TIMEOUT_MS = 15_000
+    REAUTH_TIMEOUT_MS = 20_000
+
+    @classmethod
+    async def connect(cls, url: str, **options: Any) -> Self:
+        """``node connect.mjs``: connect with ``options`` (auth, query, transports,
+        extraHeaders, until, timeoutMs; None leaves one out); node exits 0 once an
+        event or pseudo-event named in ``until`` is seen."""
+        options = {name: value for name, value in options.items() if value is not None}
+        options.setdefault("timeoutMs", cls.CONNECT_TIMEOUT_MS)
+        return await cls.launch("connect.mjs", url, json.dumps(options))
+
+    @classmethod
+    async def deferred(cls, url: str, scenario: str, token: str = "", transports: str = "polling,websocket") -> Self:
+        """``node deferred.mjs``: connect with an empty auth, then ``scenario``
+        ("authenticate" with ``token``, or "join-first"); node exits once disconnected."""
+        env = {"DEFERRED_TIMEOUT_MS": str(cls.DEFERRED_TIMEOUT_MS)}
+        return await cls.launch("deferred.mjs", url, scenario, token, transports, env=env)
+
+    @classmethod
+    async def reauth(cls, url: str, token: str, fresh_token: str) -> Self:
+        """``node reauth.mjs``: connect with ``token``, rotate the first refresh
+        token, and re-authenticate with ``fresh_token`` when told on stdin
+        (``command("authenticate")``); ``finish`` tells it to close."""
+        env = {"REAUTH_TIMEOUT_MS": str(cls.REAUTH_TIMEOUT_MS)}
+        return await cls.launch("reauth.mjs", url, token, fresh_token, env=env, stdin=True)
+
+    def seen(self, event: str) -> list[dict[str, Any]]:
+        """The lines of a pseudo-event (connect, ack, ...), in order."""
+        return [line for line in self.lines if line["event"] == event]
+
+    def emitted(self, name: str | None = None) -> list[tuple[str, list[Any]]]:
+        """(name, args) of every event the server emitted (or only those called ``name``), in order."""
+        return [(line["name"], line["args"]) for line in self.seen("emit") if name in (None, line["name"])]
+
+    def received(self, name: str) -> list[Any]:
+        """The first argument of every ``name`` event the server emitted."""
+        return [args[0] if args else None for _, args in self.emitted(name)]
+
+    def index(self, predicate: Callable[[dict[str, Any]], bool]) -> int:
+        """The position of the first line matching ``predicate``."""
+        return next(i for i, line in enumerate(self.lines) if predicate(line))
+
+    async def wait_for(self, event: str, *, timeout: float = 10.0) -> dict[str, Any]:
+        """The first line of the pseudo-event ``event``, or of the server event of
+        that name, once it has come."""
+        return await self.wait(
+            lambda line: line["event"] == event or (line["event"] == "emit" and line["name"] == event),
+            timeout=timeout,
+        )
+
+    async def emit_wait(self, name: str, *, count: int = 1, timeout: float = 5.0) -> Any:
+        """The first argument of the ``count``-th ``name`` event, once it has come."""
+        line = await self.wait(
+            lambda line: line["event"] == "emit" and line["name"] == name, count=count, timeout=timeout
+        )
+        return line["args"][0] if line["args"] else None
+
+    async def ack(self, name: str, *, timeout: float = 5.0) -> Any:
+        """The ack the server gave to the client's ``name`` (``{"error": ...}`` if none came in time)."""
+        line = await self.wait(lambda line: line["event"] == "ack" and line["name"] == name, timeout=timeout)
+        return line["ack"]
+
+    async def finish(self, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """A script that takes orders on stdin is told to close first; then as
+        ``NodeScript.finish``: it must exit 0 with nothing on stderr."""
+        if self.proc.stdin is not None:
+            await self.command("close")
+        return await super().finish(timeout)
 
 
 ScriptT = TypeVar("ScriptT", bound=NodeScript)

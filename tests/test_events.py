@@ -16,10 +16,6 @@ from tests.conftest import Gateway, MakeGateway
 from tests.support import Probe
 
 
-async def call(probe: Probe, event: str, data: Any = None, timeout: float = 5) -> Any:
-    return await probe.client.call(event, data, timeout=timeout)
-
-
 async def connected(gateway: Gateway, probes: Callable[[], Probe], sub: str = "alice", **mint: Any) -> Probe:
     probe = probes()
     assert await probe.connect(gateway.url, auth={"token": gateway.mint(sub, **mint)})
@@ -33,7 +29,7 @@ async def connected(gateway: Gateway, probes: Callable[[], Probe], sub: str = "a
 async def test_deferred_authenticate_with_token(gateway: Gateway, probes: Callable[[], Probe]) -> None:
     probe = probes()
     assert await probe.connect(gateway.url, auth={})
-    ack = await call(probe, "authenticate", {"token": gateway.mint("alice", ttl=600)})
+    ack = await probe.call("authenticate", {"token": gateway.mint("alice", ttl=600)})
     assert ack["ok"] is True and ack["sub"] == "alice" and ack["expiresAt"].endswith("Z")
     assert (await probe.wait_for("authenticated"))["via"] == "token"
     await gateway_publish(gateway, "user:alice", "hello", {"n": 1})
@@ -43,7 +39,7 @@ async def test_deferred_authenticate_with_token(gateway: Gateway, probes: Callab
 async def test_deferred_authenticate_with_ticket(gateway: Gateway, probes: Callable[[], Probe]) -> None:
     probe = probes()
     assert await probe.connect(gateway.url)
-    ack = await call(probe, "authenticate", {"ticket": await gateway.ticket("bob")})
+    ack = await probe.call("authenticate", {"ticket": await gateway.ticket("bob")})
     assert ack["ok"] is True and ack["sub"] == "bob"
 
 
@@ -59,9 +55,9 @@ async def test_pending_socket_receives_nothing(gateway: Gateway, probes: Callabl
 async def test_failed_authenticate_keeps_the_socket_pending(gateway: Gateway, probes: Callable[[], Probe]) -> None:
     probe = probes()
     assert await probe.connect(gateway.url)
-    ack = await call(probe, "authenticate", {"token": "garbage"})
+    ack = await probe.call("authenticate", {"token": "garbage"})
     assert ack == {"ok": False, "error": {"code": 4001, "reason": "invalid_token"}}
-    ack = await call(probe, "authenticate", {"token": gateway.mint("alice")})
+    ack = await probe.call("authenticate", {"token": gateway.mint("alice")})
     assert ack["ok"] is True
 
 
@@ -88,7 +84,7 @@ async def test_authenticated_socket_is_not_timed_out(make_gateway: MakeGateway, 
     gateway = await make_gateway(auth_timeout=0.5)
     probe = probes()
     assert await probe.connect(gateway.url)
-    assert (await call(probe, "authenticate", {"token": gateway.mint()}))["ok"]
+    assert (await probe.call("authenticate", {"token": gateway.mint()}))["ok"]
     await asyncio.sleep(1.0)
     assert probe.client.connected and not probe.named("closing")
 
@@ -121,14 +117,14 @@ async def test_authenticating_frees_a_pending_place(make_gateway: MakeGateway, p
     assert await first.connect(gateway.url)
     second = probes()
     assert not await second.connect(gateway.url)
-    assert (await call(first, "authenticate", {"token": gateway.mint()}))["ok"]
+    assert (await first.call("authenticate", {"token": gateway.mint()}))["ok"]
     third = probes()
     assert await third.connect(gateway.url)
 
 
 async def test_reauthenticate_with_another_sub_closes_4001(gateway: Gateway, probes: Callable[[], Probe]) -> None:
     probe = await connected(gateway, probes, "alice")
-    ack = await call(probe, "authenticate", {"token": gateway.mint("mallory")})
+    ack = await probe.call("authenticate", {"token": gateway.mint("mallory")})
     assert ack == {"ok": False, "error": {"code": 4001, "reason": "invalid_token"}}
     assert await probe.wait_for("closing") == {"code": 4001, "reason": "invalid_token"}
 
@@ -147,7 +143,7 @@ async def test_reauthenticate_with_another_sub_closes_4001(gateway: Gateway, pro
 async def test_malformed_authenticate(gateway: Gateway, probes: Callable[[], Probe], payload: Any, reason: str) -> None:
     probe = probes()
     assert await probe.connect(gateway.url)
-    ack = await call(probe, "authenticate", payload)
+    ack = await probe.call("authenticate", payload)
     assert ack["ok"] is False and ack["error"]["reason"] == reason
     assert probe.client.connected
 
@@ -161,16 +157,16 @@ async def gateway_publish(gateway: Gateway, room: str, event: str, data: Any) ->
 
 async def test_join_is_governed_by_the_rooms_claim(gateway: Gateway, probes: Callable[[], Probe]) -> None:
     probe = await connected(gateway, probes, claims={"rooms": ["room:team-*", "room:lobby"]})
-    assert await call(probe, "join", {"room": "room:team-red"}) == {"ok": True, "room": "room:team-red"}
-    assert await call(probe, "join", {"room": "room:lobby"}) == {"ok": True, "room": "room:lobby"}
-    assert await call(probe, "join", {"room": "room:admin"}) == {
+    assert await probe.call("join", {"room": "room:team-red"}) == {"ok": True, "room": "room:team-red"}
+    assert await probe.call("join", {"room": "room:lobby"}) == {"ok": True, "room": "room:lobby"}
+    assert await probe.call("join", {"room": "room:admin"}) == {
         "ok": False,
         "error": {"code": 4003, "reason": "forbidden"},
     }
-    assert (await call(probe, "join", {"room": "user:bob"}))["error"]["code"] == 4000
+    assert (await probe.call("join", {"room": "user:bob"}))["error"]["code"] == 4000
     nobody = await connected(gateway, probes, "carol")  # no rooms claim at all
-    assert (await call(nobody, "join", {"room": "room:lobby"}))["error"] == {"code": 4003, "reason": "forbidden"}
-    assert await call(probe, "leave", {"room": "room:lobby"}) == {"ok": True, "room": "room:lobby"}
+    assert (await nobody.call("join", {"room": "room:lobby"}))["error"] == {"code": 4003, "reason": "forbidden"}
+    assert await probe.call("leave", {"room": "room:lobby"}) == {"ok": True, "room": "room:lobby"}
     assert "room:lobby" not in gateway.app[keys.realtime].sio.rooms(probe.client.get_sid())
 
 
@@ -180,8 +176,8 @@ async def test_message_reaches_members_and_upstream_once(gateway: Gateway, probe
     bob = await connected(gateway, probes, "bob", claims=rooms)
     outsider = await connected(gateway, probes, "eve", claims=rooms)
     for probe in (alice, bob):
-        assert (await call(probe, "join", {"room": "room:chat"}))["ok"]
-    ack = await call(alice, "message", {"room": "room:chat", "data": {"text": "hi", "n": [1, 2]}})
+        assert (await probe.call("join", {"room": "room:chat"}))["ok"]
+    ack = await alice.call("message", {"room": "room:chat", "data": {"text": "hi", "n": [1, 2]}})
     assert ack["ok"] is True and ack["id"]
     for probe in (alice, bob):  # the sender receives it too (§6.9)
         message = await probe.wait_for("message")
@@ -203,7 +199,7 @@ async def test_message_reaches_members_and_upstream_once(gateway: Gateway, probe
 
 async def test_message_to_a_room_not_joined(gateway: Gateway, probes: Callable[[], Probe]) -> None:
     probe = await connected(gateway, probes, claims={"rooms": ["room:*"]})
-    ack = await call(probe, "message", {"room": "room:chat", "data": 1})
+    ack = await probe.call("message", {"room": "room:chat", "data": 1})
     assert ack == {"ok": False, "error": {"code": 4003, "reason": "forbidden"}}
     assert await gateway.upstream() == []
 
@@ -224,25 +220,25 @@ async def test_malformed_messages(
     gateway: Gateway, probes: Callable[[], Probe], payload: Any, code: int, reason: str
 ) -> None:
     probe = await connected(gateway, probes, claims={"rooms": ["room:chat"]})
-    assert (await call(probe, "join", {"room": "room:chat"}))["ok"]
-    ack = await call(probe, "message", payload)
+    assert (await probe.call("join", {"room": "room:chat"}))["ok"]
+    ack = await probe.call("message", payload)
     assert ack == {"ok": False, "error": {"code": code, "reason": reason}}
     assert probe.client.connected
     assert await gateway.upstream() == []
-    assert (await call(probe, "message", {"room": "room:chat", "data": "still works"}))["ok"]
+    assert (await probe.call("message", {"room": "room:chat", "data": "still works"}))["ok"]
 
 
 async def test_unknown_event_gets_an_error_ack(gateway: Gateway, probes: Callable[[], Probe]) -> None:
     probe = await connected(gateway, probes)
-    assert await call(probe, "dance", {"x": 1}) == {"ok": False, "error": {"code": 4000, "reason": "invalid_request"}}
+    assert await probe.call("dance", {"x": 1}) == {"ok": False, "error": {"code": 4000, "reason": "invalid_request"}}
     assert probe.client.connected
 
 
 async def test_per_message_auth(make_gateway: MakeGateway, probes: Callable[[], Probe]) -> None:
     gateway = await make_gateway(per_message_auth=True)
     probe = await connected(gateway, probes, "alice", claims={"rooms": ["room:q"]})
-    assert (await call(probe, "join", {"room": "room:q"}))["ok"]
-    ok = await call(probe, "message", {"room": "room:q", "data": 1, "token": gateway.mint("alice")})
+    assert (await probe.call("join", {"room": "room:q"}))["ok"]
+    ok = await probe.call("message", {"room": "room:q", "data": 1, "token": gateway.mint("alice")})
     assert ok["ok"] is True
     refusals = [
         ({"room": "room:q", "data": 2}, "missing_credentials"),
@@ -251,7 +247,7 @@ async def test_per_message_auth(make_gateway: MakeGateway, probes: Callable[[], 
         ({"room": "room:q", "data": 5, "token": gateway.mint("alice", ttl=1, now=time.time() - 60)}, "token_expired"),
     ]
     for payload, reason in refusals:
-        assert await call(probe, "message", payload) == {"ok": False, "error": {"code": 4001, "reason": reason}}
+        assert await probe.call("message", payload) == {"ok": False, "error": {"code": 4001, "reason": reason}}
     entries = await gateway.upstream()
     assert [json.loads(f["data"]) for _, f in entries] == [1]  # refused messages are neither queued...
     await asyncio.sleep(0.2)
@@ -262,7 +258,7 @@ async def test_messages_keep_their_order(gateway: Gateway, probes: Callable[[], 
     sender = await connected(gateway, probes, "alice", claims={"rooms": ["room:o"]})
     receiver = await connected(gateway, probes, "bob", claims={"rooms": ["room:o"]})
     for probe in (sender, receiver):
-        assert (await call(probe, "join", {"room": "room:o"}))["ok"]
+        assert (await probe.call("join", {"room": "room:o"}))["ok"]
     for n in range(30):
         await sender.client.emit("message", {"room": "room:o", "data": n})
     await receiver.wait_for("message", count=30)
@@ -274,7 +270,7 @@ async def test_messages_keep_their_order(gateway: Gateway, probes: Callable[[], 
 async def test_public_rooms(make_gateway: MakeGateway, probes: Callable[[], Probe]) -> None:
     gateway = await make_gateway(public_rooms=["room:open-*"])
     probe = await connected(gateway, probes)  # no rooms claim
-    assert (await call(probe, "join", {"room": "room:open-1"}))["ok"] is True
-    assert (await call(probe, "join", {"room": "room:closed"}))["error"]["code"] == 4003
+    assert (await probe.call("join", {"room": "room:open-1"}))["ok"] is True
+    assert (await probe.call("join", {"room": "room:closed"}))["error"]["code"] == 4003
     demo = await make_gateway(demo=True)
     assert demo.config.public_rooms == ("room:demo-*",)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -16,7 +15,16 @@ from gateway.auth.tokens import TokenService
 from gateway.config import load_config
 from gateway.emitter import Emitter
 from tests.conftest import MakeGateway
-from tests.support import GatewayProcess, Probe, RawSocketIO, RedisServer, http_json, publish, wait_subscribed
+from tests.support import (
+    GatewayProcess,
+    Probe,
+    RawSocketIO,
+    RedisServer,
+    http_json,
+    issue_ticket,
+    publish,
+    wait_subscribed,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,23 +32,8 @@ ADMIN_TOKEN = "admin-token-for-fault-tests-0123456789"
 GOING_AWAY = {"code": 1001, "reason": "going_away"}
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test alone: the test stops and restarts it."""
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
 def mint(settings: dict[str, Any], sub: str) -> str:
     return TokenService(config=load_config(environ={}, flags=settings)).mint(sub)[0]
-
-
-async def issue_ticket(node: GatewayProcess, token: str) -> str:
-    status, body, _ = await http_json("POST", f"{node.url}/ws/ticket", token=token)
-    assert status == 201, body
-    return str(body["ticket"])
 
 
 async def eventually(probe: Callable[[], Any], *, timeout: float = 15.0, interval: float = 0.1) -> Any:
@@ -67,9 +60,9 @@ async def test_redis_outage_then_recovery_without_restarting_the_gateway(
     await wait_subscribed(own_redis.url, 1)
     token = mint(settings, "alice")
     before = probes()
-    assert await before.connect(node.url, auth={"ticket": await issue_ticket(node, token)})
+    assert await before.connect(node.url, auth={"ticket": await issue_ticket(node.url, token)})
     await before.wait_for("authenticated")
-    spare_ticket = await issue_ticket(node, token)
+    spare_ticket = await issue_ticket(node.url, token)
 
     own_redis.stop()
 
@@ -102,7 +95,7 @@ async def test_redis_outage_then_recovery_without_restarting_the_gateway(
 
     await eventually(ready)
     after = probes()
-    assert await after.connect(node.url, auth={"ticket": await issue_ticket(node, token)})
+    assert await after.connect(node.url, auth={"ticket": await issue_ticket(node.url, token)})
     assert (await after.wait_for("authenticated"))["sub"] == "alice"
 
     await publish(node.url, ADMIN_TOKEN, "user:alice", "back", 1)
@@ -141,7 +134,7 @@ async def test_sigterm_drains_every_socket_with_going_away_then_exits_zero(
     node = gateway_process(settings)
     node.start()
     websocket, polling = probes(), probes()
-    assert await websocket.connect(node.url, auth={"ticket": await issue_ticket(node, mint(settings, "alice"))})
+    assert await websocket.connect(node.url, auth={"ticket": await issue_ticket(node.url, mint(settings, "alice"))})
     assert await polling.connect(node.url, auth={"token": mint(settings, "bob")}, transports=("polling",))
     await websocket.wait_for("authenticated")
     await polling.wait_for("authenticated")

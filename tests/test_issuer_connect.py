@@ -7,8 +7,7 @@ foreign tokens are refused; a key rotation is picked up without a restart."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Callable
 
 import jwt
 import pytest
@@ -16,10 +15,8 @@ from jwcrypto import jwk
 
 from gateway import keys
 from gateway.auth.tokens import JWKS_REFETCH_INTERVAL
-from tests.auth.conftest import AUDIENCE, ISSUER
-from tests.auth.test_tokens import JwksServer
 from tests.conftest import Gateway, MakeGateway
-from tests.support import Probe, http_json
+from tests.support import AUDIENCE, ISSUER, JwksServer, Probe, http_json, issue_ticket
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,28 +24,9 @@ INVALID_TOKEN = {"code": 4001, "reason": "invalid_token"}
 
 
 @pytest.fixture
-async def idp() -> AsyncIterator[JwksServer]:
-    """The issuer: a rotatable ES256 key set (kid k1 to start with), served over HTTP."""
-    server = JwksServer()
-    await server.server.start_server()
-    yield server
-    await server.server.close()
-
-
-@pytest.fixture
-async def gateway(make_gateway: MakeGateway, idp: JwksServer) -> Gateway:
-    issuer = {"iss": ISSUER, "jwks_uri": idp.uri, "audience": AUDIENCE, "algorithms": ["ES256"]}
+async def gateway(make_gateway: MakeGateway, jwks_server: JwksServer) -> Gateway:
+    issuer = {"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["ES256"]}
     return await make_gateway(issuers=[issuer])
-
-
-def issuer_token(key: jwk.JWK, *, kid: str | None = None, **claims: Any) -> str:
-    """A token as the issuer signs them: ES256, its kid in the header (a claim
-    given as None is left out)."""
-    now = int(time.time())
-    payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": "ivy", "iat": now, "exp": now + 300, **claims}
-    payload = {name: value for name, value in payload.items() if value is not None}
-    pem = key.export_to_pem(private_key=True, password=None)
-    return jwt.encode(payload, pem, algorithm="ES256", headers={"kid": kid or key["kid"]})
 
 
 def expires_at(token: str) -> str:
@@ -63,52 +41,53 @@ async def connect(gateway: Gateway, probes: Callable[[], Probe], token: str) -> 
     return probe
 
 
-async def test_issuer_token_at_connect(gateway: Gateway, idp: JwksServer, probes: Callable[[], Probe]) -> None:
-    assert idp.fetches == 0  # fetched on first need, not at start
-    token = issuer_token(idp.keys[0], rooms=["room:idp-*"])
+async def test_issuer_token_at_connect(gateway: Gateway, jwks_server: JwksServer, probes: Callable[[], Probe]) -> None:
+    assert jwks_server.fetches == 0  # fetched on first need, not at start
+    token = jwks_server.token(rooms=["room:idp-*"])
     probe = await connect(gateway, probes, token)
     assert probe.client.connected, probe.connect_error
     authenticated = await probe.wait_for("authenticated")
     assert authenticated == {"sub": "ivy", "expiresAt": expires_at(token), "via": "token"}
     # The issuer's own claims govern the socket, e.g. its rooms.
-    assert (await probe.client.call("join", {"room": "room:idp-blue"}, timeout=5))["ok"] is True
-    assert (await probe.client.call("join", {"room": "room:other"}, timeout=5))["ok"] is False
+    assert (await probe.call("join", {"room": "room:idp-blue"}))["ok"] is True
+    assert (await probe.call("join", {"room": "room:other"}))["ok"] is False
     # A second token of the same key is verified from the cache.
-    again = await connect(gateway, probes, issuer_token(idp.keys[0], sub="ivan"))
+    again = await connect(gateway, probes, jwks_server.token(sub="ivan"))
     assert (await again.wait_for("authenticated"))["sub"] == "ivan"
-    assert idp.fetches == 1
+    assert jwks_server.fetches == 1
 
 
 async def test_issuer_token_authenticates_a_pending_socket(
-    gateway: Gateway, idp: JwksServer, probes: Callable[[], Probe]
+    gateway: Gateway, jwks_server: JwksServer, probes: Callable[[], Probe]
 ) -> None:
     probe = probes()
     assert await probe.connect(gateway.url, auth={})
-    ack = await probe.client.call("authenticate", {"token": issuer_token(idp.keys[0])}, timeout=5)
+    ack = await probe.call("authenticate", {"token": jwks_server.token()})
     assert ack["ok"] is True and ack["sub"] == "ivy"
     assert (await probe.wait_for("authenticated"))["via"] == "token"
 
 
-async def test_issuer_token_buys_a_ticket(gateway: Gateway, idp: JwksServer, probes: Callable[[], Probe]) -> None:
-    token = issuer_token(idp.keys[0])
-    status, body, _ = await http_json("POST", f"{gateway.url}/ws/ticket", token=token)
-    assert status == 201, body
+async def test_issuer_token_buys_a_ticket(
+    gateway: Gateway, jwks_server: JwksServer, probes: Callable[[], Probe]
+) -> None:
+    token = jwks_server.token()
+    ticket = await issue_ticket(gateway.url, token)
     probe = probes()
-    assert await probe.connect(gateway.url, auth={"ticket": body["ticket"]})
+    assert await probe.connect(gateway.url, auth={"ticket": ticket})
     authenticated = await probe.wait_for("authenticated")
     assert authenticated["sub"] == "ivy" and authenticated["via"] == "ticket"
     assert authenticated["expiresAt"] == expires_at(token)  # §6.14: the token's exp
 
 
-def foreign_token(idp: JwksServer, case: str) -> str:
-    known = idp.keys[0]
+def foreign_token(jwks_server: JwksServer, case: str) -> str:
+    known = jwks_server.keys[0]
     stranger = jwk.JWK.generate(kty="EC", crv="P-256", kid="stranger")
     tokens = {
-        "another audience": lambda: issuer_token(known, aud="someone-else"),
-        "no audience": lambda: issuer_token(known, aud=None),
-        "an unknown key with the known kid": lambda: issuer_token(stranger, kid=known["kid"]),
-        "an unknown key and kid": lambda: issuer_token(stranger),
-        "an untrusted issuer with the known key": lambda: issuer_token(known, iss="https://evil.example.test"),
+        "another audience": lambda: jwks_server.token(known, aud="someone-else"),
+        "no audience": lambda: jwks_server.token(known, aud=None),
+        "an unknown key with the known kid": lambda: jwks_server.token(stranger, kid=known["kid"]),
+        "an unknown key and kid": lambda: jwks_server.token(stranger),
+        "an untrusted issuer with the known key": lambda: jwks_server.token(known, iss="https://evil.example.test"),
     }
     return tokens[case]()
 
@@ -121,16 +100,16 @@ def foreign_token(idp: JwksServer, case: str) -> str:
     "an untrusted issuer with the known key",
 ])  # fmt: skip
 async def test_foreign_tokens_are_refused(
-    gateway: Gateway, idp: JwksServer, probes: Callable[[], Probe], case: str
+    gateway: Gateway, jwks_server: JwksServer, probes: Callable[[], Probe], case: str
 ) -> None:
-    token = foreign_token(idp, case)
+    token = foreign_token(jwks_server, case)
     refused = await connect(gateway, probes, token)
     assert not refused.client.connected
     assert refused.connect_error["data"] == INVALID_TOKEN
 
     pending = probes()
     assert await pending.connect(gateway.url, auth={})
-    assert await pending.client.call("authenticate", {"token": token}, timeout=5) == {
+    assert await pending.call("authenticate", {"token": token}) == {
         "ok": False,
         "error": INVALID_TOKEN,
     }
@@ -140,19 +119,19 @@ async def test_foreign_tokens_are_refused(
 
 
 async def test_key_rotation_without_restart(
-    gateway: Gateway, idp: JwksServer, probes: Callable[[], Probe], monkeypatch: pytest.MonkeyPatch
+    gateway: Gateway, jwks_server: JwksServer, probes: Callable[[], Probe], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = idp.keys[0]
-    assert (await (await connect(gateway, probes, issuer_token(first))).wait_for("authenticated"))["sub"] == "ivy"
-    assert idp.fetches == 1
+    first = jwks_server.keys[0]
+    assert (await (await connect(gateway, probes, jwks_server.token(first))).wait_for("authenticated"))["sub"] == "ivy"
+    assert jwks_server.fetches == 1
 
-    second = idp.rotate("k2")  # the issuer now publishes only k2
-    early = await connect(gateway, probes, issuer_token(second, sub="rotated"))
+    second = jwks_server.rotate("k2")  # the issuer now publishes only k2
+    early = await connect(gateway, probes, jwks_server.token(second, sub="rotated"))
     # Refused, and without a fetch: an unknown kid may trigger a refetch at most
     # once per JWKS_REFETCH_INTERVAL, so garbage kids cannot make the gateway
     # hammer the issuer. The last fetch was just now.
     assert early.connect_error["data"] == INVALID_TOKEN
-    assert idp.fetches == 1
+    assert jwks_server.fetches == 1
 
     # Simulate the interval passing. The source took its interval (30 s) at
     # construction, so patching the module constant now would change nothing,
@@ -161,12 +140,12 @@ async def test_key_rotation_without_restart(
     # gateway's TokenService consults on every connect.
     source = gateway.app[keys.tokens].source(ISSUER)
     monkeypatch.setattr(source, "_clock", lambda: time.monotonic() + JWKS_REFETCH_INTERVAL)
-    late = await connect(gateway, probes, issuer_token(second, sub="rotated"))
+    late = await connect(gateway, probes, jwks_server.token(second, sub="rotated"))
     assert (await late.wait_for("authenticated"))["sub"] == "rotated"
-    assert idp.fetches == 2  # exactly one more fetch
+    assert jwks_server.fetches == 2  # exactly one more fetch
 
     # k1 left the issuer's key set with that fetch; a k1 token is now unknown,
     # and asking again so soon after a fetch does not fetch again.
-    stale = await connect(gateway, probes, issuer_token(first))
+    stale = await connect(gateway, probes, jwks_server.token(first))
     assert stale.connect_error["data"] == INVALID_TOKEN
-    assert idp.fetches == 2
+    assert jwks_server.fetches == 2

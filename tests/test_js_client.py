@@ -7,56 +7,18 @@ handshake (403 ``origin_not_allowed``, the option PROTOCOL §3 allows for 4003).
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from tests.conftest import Gateway, MakeGateway
-from tests.support import NodeScript, NodeScripts, http_json
+from tests.support import JsClient, NodeScripts, http_json
 
 pytestmark = pytest.mark.timeout(60)
 
-NODE_TIMEOUT_MS = 15_000
 EVIL = "http://evil.example"
 APP = "http://app.example"
-
-
-class JsClient(NodeScript):
-    """One ``node connect.mjs`` process."""
-
-    @classmethod
-    async def start(cls, url: str, **options: Any) -> JsClient:
-        options = {name: value for name, value in options.items() if value is not None}
-        options.setdefault("timeoutMs", NODE_TIMEOUT_MS)
-        return await cls.launch("connect.mjs", url, json.dumps(options))
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        """Lines of a pseudo-event (open, connect, ...) or of an emitted event of that name."""
-        return self.matching(is_event(event))
-
-    def emitted(self) -> list[tuple[str, list[Any]]]:
-        return [(line["name"], line["args"]) for line in self.lines if line["event"] == "emit"]
-
-    async def wait_for(self, event: str, *, timeout: float = 10.0) -> dict[str, Any]:
-        return await self.wait(is_event(event), timeout=timeout)
-
-
-def is_event(event: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda line: line["event"] == event or line.get("name") == event
-
-
-StartJs = Callable[..., Awaitable[JsClient]]
-
-
-@pytest.fixture
-def js(node_scripts: NodeScripts) -> StartJs:
-    async def start(url: str, **options: Any) -> JsClient:
-        return await node_scripts(JsClient.start(url, **options))
-
-    return start
 
 
 def iso(ts: float) -> str:
@@ -66,10 +28,10 @@ def iso(ts: float) -> str:
 # -- refusals ---------------------------------------------------------------------------
 
 
-async def refusal(js: StartJs, url: str, **options: Any) -> dict[str, Any]:
+async def refusal(node_scripts: NodeScripts, url: str, **options: Any) -> dict[str, Any]:
     """Run a connect expected to be refused; its ``connect_error`` line, after
     checking that nothing else happened (no connect, no event)."""
-    client = await js(url, until=["connect_error", "connect"], **options)
+    client = await node_scripts(JsClient.connect(url, until=["connect_error", "connect"], **options))
     lines = await client.finish()
     # The Engine.IO session may upgrade before the refusal arrives: that is the transport, not Socket.IO.
     assert [line["event"] for line in lines if line["event"] != "upgrade"] == ["open", "connect_error"], lines
@@ -92,13 +54,15 @@ async def refusal(js: StartJs, url: str, **options: Any) -> dict[str, Any]:
     ],
 )
 async def test_refused_connect_reaches_js_as_connect_error(
-    gateway: Gateway, js: StartJs, case: str, reason: str, transports: list[str] | None
+    gateway: Gateway, node_scripts: NodeScripts, case: str, reason: str, transports: list[str] | None
 ) -> None:
     if case == "unknown_ticket":
         auth: dict[str, Any] = {"ticket": "A" * 43}  # well-formed, never issued
     elif case == "used_ticket":
         ticket = await gateway.ticket("alice")
-        first = await js(gateway.url, auth={"ticket": ticket}, transports=transports, until=["authenticated"])
+        first = await node_scripts(
+            JsClient.connect(gateway.url, auth={"ticket": ticket}, transports=transports, until=["authenticated"])
+        )
         await first.finish()
         auth = {"ticket": ticket}
     elif case == "garbage_ticket":
@@ -111,33 +75,35 @@ async def test_refused_connect_reaches_js_as_connect_error(
         auth = {"ticket": await gateway.ticket("alice"), "token": gateway.mint("alice")}
     else:
         auth = {"user": "alice"}
-    error = await refusal(js, gateway.url, auth=auth, transports=transports)
+    error = await refusal(node_scripts, gateway.url, auth=auth, transports=transports)
     assert error["data"] == {"code": 4001, "reason": reason}
 
 
 @pytest.mark.parametrize("transports", [None, ["websocket"]], ids=["polling", "websocket"])
 async def test_credentials_over_8kb_are_refused_before_decoding(
-    gateway: Gateway, js: StartJs, transports: list[str] | None
+    gateway: Gateway, node_scripts: NodeScripts, transports: list[str] | None
 ) -> None:
     # A real, valid token, only too large: refused for its size alone.
     token = gateway.mint("alice", claims={"pad": "p" * 9000})
-    error = await refusal(js, gateway.url, auth={"token": token}, transports=transports)
+    error = await refusal(node_scripts, gateway.url, auth={"token": token}, transports=transports)
     assert error["data"] == {"code": 4001, "reason": "invalid_token"}
     assert error["message"] == "token too large"
 
 
 @pytest.mark.parametrize("transports", [None, ["websocket"]], ids=["polling", "websocket"])
 async def test_credentials_over_the_engineio_message_limit_are_refused_by_the_transport(
-    gateway: Gateway, js: StartJs, transports: list[str] | None
+    gateway: Gateway, node_scripts: NodeScripts, transports: list[str] | None
 ) -> None:
     """An auth object over the 64 KB Engine.IO message limit never reaches the
     connect handler: the client sees its transport fail, without a {code, reason}
     (docs/protocol.md, "Choice: oversized credentials")."""
-    client = await js(
-        gateway.url,
-        auth={"token": "x" * 70_000},
-        transports=transports,
-        until=["connect_error", "connect", "disconnect"],
+    client = await node_scripts(
+        JsClient.connect(
+            gateway.url,
+            auth={"token": "x" * 70_000},
+            transports=transports,
+            until=["connect_error", "connect", "disconnect"],
+        )
     )
     lines = await client.finish()
     events = [line["event"] for line in lines if line["event"] != "upgrade"]
@@ -153,20 +119,20 @@ async def test_credentials_over_the_engineio_message_limit_are_refused_by_the_tr
 
 @pytest.mark.parametrize("auth", [None, {}], ids=["no_auth", "empty_auth"])
 async def test_missing_credentials_without_deferred_auth(
-    make_gateway: MakeGateway, js: StartJs, auth: dict[str, Any] | None
+    make_gateway: MakeGateway, node_scripts: NodeScripts, auth: dict[str, Any] | None
 ) -> None:
     gateway = await make_gateway(deferred_auth=False)
     options = {} if auth is None else {"auth": auth}
-    error = await refusal(js, gateway.url, **options)
+    error = await refusal(node_scripts, gateway.url, **options)
     assert error["data"] == {"code": 4001, "reason": "missing_credentials"}
 
 
 async def test_without_credentials_deferred_auth_admits_but_does_not_authenticate(
-    gateway: Gateway, js: StartJs
+    gateway: Gateway, node_scripts: NodeScripts
 ) -> None:
     """The counterpart of the test above with the default ``deferred_auth`` on:
     the connect succeeds, and no ``authenticated`` comes (nor any user event)."""
-    client = await js(gateway.url, transports=["websocket"], until=["connect"])
+    client = await node_scripts(JsClient.connect(gateway.url, transports=["websocket"], until=["connect"]))
     await client.finish()
     assert [line["event"] for line in client.lines] == ["open", "connect"]
     assert client.emitted() == []
@@ -176,11 +142,11 @@ async def test_without_credentials_deferred_auth_admits_but_does_not_authenticat
 
 
 async def test_ticket_connect_polling_then_websocket_gets_authenticated_and_published_events(
-    gateway: Gateway, js: StartJs
+    gateway: Gateway, node_scripts: NodeScripts
 ) -> None:
     exp = time.time() + 600
     ticket = await gateway.ticket("alice", ttl=600)
-    client = await js(gateway.url, auth={"ticket": ticket}, until=["note"])
+    client = await node_scripts(JsClient.connect(gateway.url, auth={"ticket": ticket}, until=["note"]))
 
     authenticated = await client.wait_for("authenticated")
     assert authenticated["args"][0]["sub"] == "alice"
@@ -208,8 +174,10 @@ async def test_ticket_connect_polling_then_websocket_gets_authenticated_and_publ
     assert "connect_error" not in events and "disconnect" not in events
 
 
-async def test_token_connect_websocket_only(gateway: Gateway, js: StartJs) -> None:
-    client = await js(gateway.url, auth={"token": gateway.mint("bob")}, transports=["websocket"], until=["note"])
+async def test_token_connect_websocket_only(gateway: Gateway, node_scripts: NodeScripts) -> None:
+    client = await node_scripts(
+        JsClient.connect(gateway.url, auth={"token": gateway.mint("bob")}, transports=["websocket"], until=["note"])
+    )
     authenticated = await client.wait_for("authenticated")
     assert authenticated["args"][0]["via"] == "token"
     assert authenticated["args"][0]["sub"] == "bob"
@@ -241,16 +209,18 @@ async def test_disallowed_origin_is_refused_at_the_http_handshake(gateway: Gatew
     ("transports", "message"), [(None, "xhr poll error"), (["websocket"], "websocket error")], ids=["polling", "ws"]
 )
 async def test_js_client_from_a_disallowed_origin_is_refused(
-    make_gateway: MakeGateway, js: StartJs, transports: list[str] | None, message: str
+    make_gateway: MakeGateway, node_scripts: NodeScripts, transports: list[str] | None, message: str
 ) -> None:
     gateway = await make_gateway(allowed_origins=[APP])
     ticket = await gateway.ticket("alice")
-    client = await js(
-        gateway.url,
-        auth={"ticket": ticket},
-        transports=transports,
-        extraHeaders={"Origin": EVIL},
-        until=["connect_error", "connect"],
+    client = await node_scripts(
+        JsClient.connect(
+            gateway.url,
+            auth={"ticket": ticket},
+            transports=transports,
+            extraHeaders={"Origin": EVIL},
+            until=["connect_error", "connect"],
+        )
     )
     lines = await client.finish()
     # A transport error, not a Socket.IO refusal: no `data`, and no Engine.IO session ever opened.
@@ -262,11 +232,15 @@ async def test_js_client_from_a_disallowed_origin_is_refused(
     if transports is None:
         assert error["description"] == 403
     # The ticket was never presented, so it is still good, from an allowed Origin.
-    allowed = await js(gateway.url, auth={"ticket": ticket}, extraHeaders={"Origin": APP}, until=["authenticated"])
+    allowed = await node_scripts(
+        JsClient.connect(gateway.url, auth={"ticket": ticket}, extraHeaders={"Origin": APP}, until=["authenticated"])
+    )
     await allowed.finish()
 
 
-async def test_js_client_from_an_allowed_origin_connects_and_upgrades(make_gateway: MakeGateway, js: StartJs) -> None:
+async def test_js_client_from_an_allowed_origin_connects_and_upgrades(
+    make_gateway: MakeGateway, node_scripts: NodeScripts
+) -> None:
     gateway = await make_gateway(allowed_origins=[APP])
     status, _, headers = await http_json(
         "GET", f"{gateway.url}/socket.io/?EIO=4&transport=polling", headers={"Origin": APP}
@@ -274,7 +248,9 @@ async def test_js_client_from_an_allowed_origin_connects_and_upgrades(make_gatew
     assert status == 200
     assert headers.get("Access-Control-Allow-Origin") == APP
     ticket = await gateway.ticket("alice")
-    client = await js(gateway.url, auth={"ticket": ticket}, extraHeaders={"Origin": APP}, until=["note"])
+    client = await node_scripts(
+        JsClient.connect(gateway.url, auth={"ticket": ticket}, extraHeaders={"Origin": APP}, until=["note"])
+    )
     assert (await client.wait_for("authenticated"))["args"][0]["sub"] == "alice"
     assert (await client.wait_for("upgrade"))["transport"] == "websocket"
     await gateway.publish("user:alice", "note", {"n": 2})

@@ -7,56 +7,16 @@ when to re-authenticate."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import pytest
 
 from tests.conftest import MakeGateway
-from tests.support import NodeScript, NodeScripts, Probe
+from tests.support import JsClient, NodeScripts, Probe
 
 pytestmark = pytest.mark.timeout(60)
-
-NODE_TIMEOUT = 20.0
-
-
-class JsClient(NodeScript):
-    """One node process running reauth.mjs, told on stdin when to re-authenticate."""
-
-    @classmethod
-    async def start(cls, url: str, token: str, fresh_token: str) -> JsClient:
-        env = {"REAUTH_TIMEOUT_MS": str(int(NODE_TIMEOUT * 1000))}
-        return await cls.launch("reauth.mjs", url, token, fresh_token, env=env, stdin=True)
-
-    def emitted(self, name: str) -> list[Any]:
-        """The first argument of every ``name`` event the server emitted."""
-        return [line["args"][0] for line in self.matching(is_emit(name))]
-
-    def index(self, predicate: Callable[[dict[str, Any]], bool]) -> int:
-        return next(i for i, line in enumerate(self.lines) if predicate(line))
-
-    async def emit_wait(self, name: str, *, count: int = 1, timeout: float = 5.0) -> Any:
-        return (await self.wait(is_emit(name), count=count, timeout=timeout))["args"][0]
-
-    async def ack(self, name: str, *, timeout: float = 5.0) -> Any:
-        return (await self.wait(lambda line: line["event"] == "ack" and line["name"] == name, timeout=timeout))["ack"]
-
-    async def finish(self, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """Tell node to close and wait for it to exit cleanly."""
-        await self.command("close")
-        return await super().finish(timeout)
-
-
-StartJsClient = Callable[..., Awaitable[JsClient]]
-
-
-@pytest.fixture
-def js_clients(node_scripts: NodeScripts) -> StartJsClient:
-    async def start(*args: str) -> JsClient:
-        return await node_scripts(JsClient.start(*args))
-
-    return start
 
 
 def instant(text: str) -> float:
@@ -69,12 +29,14 @@ def is_emit(name: str) -> Callable[[dict[str, Any]], bool]:
 
 
 async def test_official_client_reauthenticates_and_gets_the_held_events_in_order(
-    make_gateway: MakeGateway, js_clients: StartJsClient, probes: Callable[[], Probe]
+    make_gateway: MakeGateway, node_scripts: NodeScripts, probes: Callable[[], Probe]
 ) -> None:
     gateway = await make_gateway(on_expiry="reauth", expiry_warning=1, reauth_grace=5)
     # `exp` is whole seconds: 2 to 3 s left, so neither the warning (1 s before)
     # nor the expiry falls inside node's start-up and the connect.
-    client = await js_clients(gateway.url, gateway.mint("alice", ttl=3), gateway.mint("alice", ttl=600))
+    client = await node_scripts(
+        JsClient.reauth(gateway.url, gateway.mint("alice", ttl=3), gateway.mint("alice", ttl=600))
+    )
 
     authenticated = await client.emit_wait("authenticated")
     assert (authenticated["sub"], authenticated["via"]) == ("alice", "token")
@@ -90,12 +52,12 @@ async def test_official_client_reauthenticates_and_gets_the_held_events_in_order
     assert warning["expiresAt"] == authenticated["expiresAt"] and warning["in"] in (0, 1, 2)
     required = await client.emit_wait("reauth_required", timeout=3)
     assert instant(required["deadline"]) == instant(authenticated["expiresAt"]) + 5  # reauth_grace
-    await client.wait(lambda line: line["event"] == "ready")
+    await client.wait_for("ready")
 
     for seq in (1, 2, 3):  # during the hold
         await gateway.publish("user:alice", "tick", {"seq": seq})
     await asyncio.sleep(0.3)
-    assert client.emitted("tick") == []
+    assert client.received("tick") == []
 
     await client.command("authenticate")
     ack = await client.ack("authenticate")
@@ -107,8 +69,8 @@ async def test_official_client_reauthenticates_and_gets_the_held_events_in_order
     )
     await gateway.publish("user:alice", "tick", {"seq": 4})
     await client.emit_wait("tick", count=4)
-    assert [data["seq"] for data in client.emitted("tick")] == [1, 2, 3, 4]
-    assert client.emitted("closing") == []
+    assert [data["seq"] for data in client.received("tick")] == [1, 2, 3, 4]
+    assert client.received("closing") == []
     await client.finish()
 
     # The rotation the client asked for happened in the store: the successor
@@ -122,10 +84,12 @@ async def test_official_client_reauthenticates_and_gets_the_held_events_in_order
 
 
 async def test_official_client_is_warned_at_once_when_its_token_is_already_near_expiry(
-    make_gateway: MakeGateway, js_clients: StartJsClient
+    make_gateway: MakeGateway, node_scripts: NodeScripts
 ) -> None:
     gateway = await make_gateway(on_expiry="reauth", expiry_warning=30, reauth_grace=5, refresh_tokens=False)
-    client = await js_clients(gateway.url, gateway.mint("alice", ttl=10), gateway.mint("alice", ttl=600))
+    client = await node_scripts(
+        JsClient.reauth(gateway.url, gateway.mint("alice", ttl=10), gateway.mint("alice", ttl=600))
+    )
     authenticated = await client.emit_wait("authenticated")
     warning = await client.emit_wait("auth_expiring", timeout=3)  # due 20 s before the connect
     assert warning["expiresAt"] == authenticated["expiresAt"] and 0 < warning["in"] <= 10

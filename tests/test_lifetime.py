@@ -8,7 +8,6 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -17,10 +16,6 @@ from gateway.formats import b64url_decode
 from tests.conftest import Gateway, MakeGateway
 from tests.device import initiate
 from tests.support import ROOT, Probe, RedisServer, http_json, redis_contents, wait_subscribed
-
-
-async def call(probe: Probe, event: str, data: Any = None, timeout: float = 5) -> Any:
-    return await probe.client.call(event, data, timeout=timeout)
 
 
 async def token_socket(gateway: Gateway, probes: Callable[[], Probe], sub: str = "alice", ttl: float = 600) -> Probe:
@@ -69,7 +64,7 @@ async def test_reauth_holds_events_in_order_and_delivers_them(
         await gateway.publish("user:alice", "tick", {"seq": seq})
     await asyncio.sleep(0.3)
     assert seqs(probe) == []  # held, not delivered
-    ack = await call(probe, "authenticate", {"token": gateway.mint("alice", ttl=600)})
+    ack = await probe.call("authenticate", {"token": gateway.mint("alice", ttl=600)})
     assert ack["ok"] is True and ack["sub"] == "alice" and "dropped" not in ack
     await probe.wait_for("tick", count=5)
     await gateway.publish("user:alice", "tick", {"seq": 6})
@@ -84,7 +79,7 @@ async def test_reauth_with_another_sub_is_refused_and_closed(
     gateway = await make_gateway(on_expiry="reauth", expiry_warning=0, reauth_grace=5, refresh_tokens=False)
     probe = await token_socket(gateway, probes, ttl=1)
     await probe.wait_for("reauth_required", timeout=3)
-    ack = await call(probe, "authenticate", {"token": gateway.mint("mallory")})
+    ack = await probe.call("authenticate", {"token": gateway.mint("mallory")})
     assert ack == {"ok": False, "error": {"code": 4001, "reason": "invalid_token"}}
     assert await probe.wait_for("closing") == {"code": 4001, "reason": "invalid_token"}
 
@@ -99,7 +94,7 @@ async def test_held_events_over_the_cap_are_dropped_and_reported(
     await probe.wait_for("reauth_required", timeout=3)
     for seq in range(1, 6):
         await gateway.publish("user:alice", "tick", {"seq": seq})
-    ack = await call(probe, "authenticate", {"token": gateway.mint("alice")})
+    ack = await probe.call("authenticate", {"token": gateway.mint("alice")})
     assert ack["ok"] is True and ack["dropped"] == 2
     await probe.wait_for("tick", count=3)
     assert seqs(probe) == [3, 4, 5]
@@ -131,7 +126,7 @@ async def test_grace_over_closes_4010_and_the_next_socket_gets_the_held_events_f
 async def test_reauth_before_expiry_extends_the_socket(make_gateway: MakeGateway, probes: Callable[[], Probe]) -> None:
     gateway = await make_gateway(on_expiry="close", expiry_warning=0, refresh_tokens=False)
     probe = await token_socket(gateway, probes, ttl=2)
-    ack = await call(probe, "authenticate", {"token": gateway.mint("alice", ttl=600)})
+    ack = await probe.call("authenticate", {"token": gateway.mint("alice", ttl=600)})
     assert ack["ok"] is True
     await asyncio.sleep(2.8)
     assert probe.client.connected and not probe.named("closing")
@@ -144,7 +139,7 @@ async def test_refresh_token_after_authentication_and_rotation(gateway: Gateway,
     probe = await token_socket(gateway, probes)
     first = await probe.wait_for("refresh_token")
     assert len(first["refreshToken"]) >= 43 and first["expiresAt"].endswith("Z")
-    ack = await call(probe, "refresh", {"refreshToken": first["refreshToken"]})
+    ack = await probe.call("refresh", {"refreshToken": first["refreshToken"]})
     assert ack["ok"] is True and ack["refreshToken"] != first["refreshToken"] and ack["expiresAt"].endswith("Z")
     # The successor connects a new socket (rotating again); the rotated one is reuse.
     other = probes()
@@ -160,7 +155,7 @@ async def test_refresh_reuse_revokes_the_family_and_closes_its_sockets(
 ) -> None:
     probe = await token_socket(gateway, probes)
     first = (await probe.wait_for("refresh_token"))["refreshToken"]
-    second = (await call(probe, "refresh", {"refreshToken": first}))["refreshToken"]
+    second = (await probe.call("refresh", {"refreshToken": first}))["refreshToken"]
     # §6.5: a socket later authenticated with a token of the family is bound to it too.
     heir = probes()
     assert await heir.connect(gateway.url, auth={"refreshToken": second})
@@ -187,7 +182,7 @@ async def test_concurrent_rotations_of_one_token(gateway: Gateway, probes: Calla
     probe = await token_socket(gateway, probes)
     token = (await probe.wait_for("refresh_token"))["refreshToken"]
     helpers = [await token_socket(gateway, probes) for _ in range(2)]
-    acks = await asyncio.gather(*(call(h, "refresh", {"refreshToken": token}) for h in helpers))
+    acks = await asyncio.gather(*(h.call("refresh", {"refreshToken": token}) for h in helpers))
     oks = [a for a in acks if a["ok"]]
     reuse = [a for a in acks if not a["ok"]]
     assert len(oks) == 1 and reuse == [{"ok": False, "error": {"code": 4011, "reason": "refresh_reuse"}}]
@@ -201,7 +196,7 @@ async def test_bad_refresh_tokens(gateway: Gateway, probes: Callable[[], Probe])
         ({}, 4000, "invalid_request"),
         ({"refreshToken": 5}, 4000, "invalid_request"),
     ]:
-        assert await call(probe, "refresh", payload) == {"ok": False, "error": {"code": code, "reason": reason}}
+        assert await probe.call("refresh", payload) == {"ok": False, "error": {"code": code, "reason": reason}}
     refused = probes()
     assert not await refused.connect(gateway.url, auth={"refreshToken": "y" * 43})
     assert refused.connect_error["data"] == {"code": 4001, "reason": "invalid_token"}
@@ -223,7 +218,7 @@ async def test_a_new_refresh_token_is_pushed_before_the_bound_one_expires(
     # covers the first push's own delivery), and before the first one expires.
     assert received_second - received_first >= 0.9 * ttl - 0.15
     assert received_second - started < ttl
-    assert (await call(probe, "refresh", {"refreshToken": second["refreshToken"]}))["ok"] is True
+    assert (await probe.call("refresh", {"refreshToken": second["refreshToken"]}))["ok"] is True
 
 
 async def test_refresh_tokens_off(make_gateway: MakeGateway, probes: Callable[[], Probe]) -> None:
@@ -264,7 +259,7 @@ async def test_disconnect_with_revocation(gateway: Gateway, probes: Callable[[],
     assert refused.connect_error["data"] == {"code": 4011, "reason": "revoked"}
     status, body, _ = await http_json("POST", f"{gateway.url}/ws/ticket", token=old)
     assert status == 401 and body["error"]["code"] == "revoked"
-    assert await call(pending, "authenticate", {"token": old}) == {
+    assert await pending.call("authenticate", {"token": old}) == {
         "ok": False,
         "error": {"code": 4011, "reason": "revoked"},
     }
@@ -322,7 +317,7 @@ async def test_reauth_as_another_user_leaves_that_users_parked_events_alone(
     assert await bob.wait_for("closing", timeout=3) == {"code": 4010, "reason": "auth_expired"}  # parked for bob
     for credential in ({"token": gateway.mint("bob")}, {"ticket": await gateway.ticket("bob")}):
         alice = await token_socket(gateway, probes, "alice")  # each refusal closes the socket (§6.8)
-        ack = await call(alice, "authenticate", credential)
+        ack = await alice.call("authenticate", credential)
         assert ack == {"ok": False, "error": {"code": 4001, "reason": "invalid_token"}}
         assert await alice.wait_for("closing") == {"code": 4001, "reason": "invalid_token"}
     nxt = await token_socket(gateway, probes, "bob")
@@ -364,10 +359,10 @@ async def test_a_revoked_token_is_refused_in_a_message(make_gateway: MakeGateway
     status, _ = await gateway.disconnect_user("alice", revoke=True)
     assert status == 200
     probe = await token_socket(gateway, probes)
-    assert (await call(probe, "join", {"room": "room:q"}))["ok"]
-    ack = await call(probe, "message", {"room": "room:q", "data": 1, "token": old})
+    assert (await probe.call("join", {"room": "room:q"}))["ok"]
+    ack = await probe.call("message", {"room": "room:q", "data": 1, "token": old})
     assert ack == {"ok": False, "error": {"code": 4011, "reason": "revoked"}}
-    ok = await call(probe, "message", {"room": "room:q", "data": 2, "token": gateway.mint("alice")})
+    ok = await probe.call("message", {"room": "room:q", "data": 2, "token": gateway.mint("alice")})
     assert ok["ok"] is True
 
 
@@ -399,13 +394,13 @@ async def test_no_join_or_message_while_awaiting_reauth(make_gateway: MakeGatewa
         on_expiry="reauth", expiry_warning=0, reauth_grace=5, refresh_tokens=False, public_rooms=["room:x"]
     )
     probe = await token_socket(gateway, probes, ttl=1)
-    assert (await call(probe, "join", {"room": "room:x"}))["ok"] is True
+    assert (await probe.call("join", {"room": "room:x"}))["ok"] is True
     await probe.wait_for("reauth_required", timeout=3)
     expired = {"ok": False, "error": {"code": 4001, "reason": "auth_expired"}}
-    assert await call(probe, "message", {"room": "room:x", "data": 1}) == expired
-    assert await call(probe, "join", {"room": "room:x"}) == expired
-    assert (await call(probe, "authenticate", {"token": gateway.mint("alice")}))["ok"] is True
-    assert (await call(probe, "message", {"room": "room:x", "data": 2}))["ok"] is True
+    assert await probe.call("message", {"room": "room:x", "data": 1}) == expired
+    assert await probe.call("join", {"room": "room:x"}) == expired
+    assert (await probe.call("authenticate", {"token": gateway.mint("alice")}))["ok"] is True
+    assert (await probe.call("message", {"room": "room:x", "data": 2}))["ok"] is True
 
 
 # -- refresh-token connects (§3 credentials table) and storage (§3, §6.2) -------------
@@ -438,13 +433,13 @@ async def test_a_refresh_token_in_the_query_string_is_no_credential(
     await gateway.publish("user:alice", "tick", {"seq": 1})
     await owner.wait_for("tick")
     # An ack the server sends after the publish comes after anything the publish sent it.
-    refused = await call(pending, "authenticate", {"token": "not-a-jwt"})
+    refused = await pending.call("authenticate", {"token": "not-a-jwt"})
     assert refused == {"ok": False, "error": {"code": 4001, "reason": "invalid_token"}}
     assert pending.events == []  # no authenticated, refresh_token or tick
     # The query's token was not presented: it still rotates (no reuse, owner not closed).
-    assert (await call(owner, "refresh", {"refreshToken": token}))["ok"] is True
+    assert (await owner.call("refresh", {"refreshToken": token}))["ok"] is True
     # And the socket is still pending: it can authenticate now.
-    ack = await call(pending, "authenticate", {"token": gateway.mint("alice")})
+    ack = await pending.call("authenticate", {"token": gateway.mint("alice")})
     assert ack["ok"] is True and ack["sub"] == "alice"
     assert (await pending.wait_for("authenticated"))["via"] == "token"
     assert not owner.named("closing")
@@ -459,7 +454,7 @@ async def test_a_refresh_token_in_the_query_string_without_deferred_auth_is_refu
     refused = probes()
     assert not await refused.connect(gateway.url, query=f"refreshToken={token}")
     assert refused.connect_error["data"] == {"code": 4001, "reason": "missing_credentials"}
-    assert (await call(owner, "refresh", {"refreshToken": token}))["ok"] is True  # not consumed
+    assert (await owner.call("refresh", {"refreshToken": token}))["ok"] is True  # not consumed
 
 
 @pytest.mark.parametrize("engine", ["redis"])
@@ -468,7 +463,7 @@ async def test_refresh_tokens_are_stored_hashed_and_written_without_padding(
 ) -> None:
     probe = await token_socket(gateway, probes)
     tokens = [(await probe.wait_for("refresh_token"))["refreshToken"]]
-    tokens.append((await call(probe, "refresh", {"refreshToken": tokens[0]}))["refreshToken"])
+    tokens.append((await probe.call("refresh", {"refreshToken": tokens[0]}))["refreshToken"])
     heir = probes()
     assert await heir.connect(gateway.url, auth={"refreshToken": tokens[1]})
     tokens.append((await heir.wait_for("refresh_token"))["refreshToken"])
@@ -504,7 +499,7 @@ async def test_reuse_closes_every_socket_of_the_family_on_every_node(
     assert r2 != r1
     other = await token_socket(first_node, probes)  # another family of the same user
     await other.wait_for("refresh_token")
-    ack = await call(other, "refresh", {"refreshToken": r1})
+    ack = await other.call("refresh", {"refreshToken": r1})
     assert ack == {"ok": False, "error": {"code": 4011, "reason": "refresh_reuse"}}
     for tab in (first_tab, second_tab):
         assert await tab.wait_for("closing") == {"code": 4011, "reason": "refresh_reuse"}
@@ -522,9 +517,9 @@ async def test_a_refresh_token_of_another_user_is_refused_and_left_unused(
     alice = await token_socket(gateway, probes, "alice")
     token = (await alice.wait_for("refresh_token"))["refreshToken"]
     bob = await token_socket(gateway, probes, "bob")
-    ack = await call(bob, "refresh", {"refreshToken": token})
+    ack = await bob.call("refresh", {"refreshToken": token})
     assert ack == {"ok": False, "error": {"code": 4001, "reason": "invalid_token"}}
-    rotated = await call(alice, "refresh", {"refreshToken": token})
+    rotated = await alice.call("refresh", {"refreshToken": token})
     assert rotated["ok"] is True, rotated
     assert alice.named("closing") == [] and bob.named("closing") == []
 
@@ -536,9 +531,9 @@ async def test_a_used_refresh_token_of_another_user_still_counts_as_reuse(
     revokes its family: the check of the owner must not hide the theft."""
     alice = await token_socket(gateway, probes, "alice")
     first = (await alice.wait_for("refresh_token"))["refreshToken"]
-    assert (await call(alice, "refresh", {"refreshToken": first}))["ok"] is True
+    assert (await alice.call("refresh", {"refreshToken": first}))["ok"] is True
     bob = await token_socket(gateway, probes, "bob")
-    ack = await call(bob, "refresh", {"refreshToken": first})
+    ack = await bob.call("refresh", {"refreshToken": first})
     assert ack == {"ok": False, "error": {"code": 4011, "reason": "refresh_reuse"}}
     assert await alice.wait_for("closing") == {"code": 4011, "reason": "refresh_reuse"}
     assert bob.named("closing") == []
@@ -551,6 +546,6 @@ async def test_an_auth_session_socket_cannot_refresh(gateway: Gateway, probes: C
     browser = probes()
     assert await browser.connect(gateway.url, auth={"sessionId": session["sessionId"], "wsToken": session["wsToken"]})
     await browser.wait_for("otp_ready")
-    ack = await call(browser, "refresh", {"refreshToken": token})
+    ack = await browser.call("refresh", {"refreshToken": token})
     assert ack == {"ok": False, "error": {"code": 4001, "reason": "invalid_token"}}
-    assert (await call(alice, "refresh", {"refreshToken": token}))["ok"] is True  # left unused
+    assert (await alice.call("refresh", {"refreshToken": token}))["ok"] is True  # left unused

@@ -35,7 +35,16 @@ import pytest
 
 from gateway.auth.tokens import TokenService
 from gateway.config import load_config
-from tests.support import GatewayProcess, Probe, RedisServer, free_port, http_json, wait_for_port, write_toml
+from tests.support import (
+    GatewayProcess,
+    Probe,
+    RedisServer,
+    free_port,
+    http_json,
+    issue_ticket,
+    wait_for_port,
+    write_toml,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -62,12 +71,6 @@ class Secrets:
 
     def leaked(self, text: str) -> list[str]:
         return [label for label, value in self.values.items() if value and value in text]
-
-
-async def issue_ticket(url: str, token: str) -> str:
-    status, body, _ = await http_json("POST", f"{url}/ws/ticket", token=token)
-    assert status == 201, body
-    return str(body["ticket"])
 
 
 async def raw_request(port: int, head: str) -> bytes:
@@ -149,11 +152,11 @@ async def run_flows(
     # -- deferred authentication: the credential arrives in an event
     deferred = probes()
     assert await deferred.connect(url)
-    ack = await deferred.client.call("authenticate", {"token": mint("token (authenticate)", "k-deferred")}, timeout=5)
+    ack = await deferred.call("authenticate", {"token": mint("token (authenticate)", "k-deferred")})
     assert ack["ok"] is True, ack
     accepted.append(("k-deferred", "token"))
-    bad_ack = await deferred.client.call(
-        "authenticate", {"ticket": secrets.add("ticket (authenticate, garbage)", "Zz" * 21 + "Q")}, timeout=5
+    bad_ack = await deferred.call(
+        "authenticate", {"ticket": secrets.add("ticket (authenticate, garbage)", "Zz" * 21 + "Q")}
     )
     assert bad_ack["ok"] is False, bad_ack
     sockets.append(deferred)

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from aiohttp import web
 
 from tests.conftest import Gateway
-from tests.support import Probe, http_json
+from tests.support import Probe, http_json, metric_value
 
 
-async def test_health_and_ready(gateway: Gateway) -> None:
-    assert await http_json("GET", f"{gateway.url}/healthz") == (
-        200,
-        {"status": "ok"},
-        await _headers(gateway, "/healthz"),
-    )
-    status, body, _ = await http_json("GET", f"{gateway.url}/readyz")
-    assert (status, body) == (200, {"status": "ready"})
+@pytest.mark.parametrize(("path", "expected"), [("/healthz", {"status": "ok"}), ("/readyz", {"status": "ready"})])
+async def test_health_and_ready(gateway: Gateway, path: str, expected: dict[str, str]) -> None:
+    status, body, headers = await http_json("GET", f"{gateway.url}{path}")
+    assert (status, body) == (200, expected)
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    assert headers["X-Ticketgate-Node"] == gateway.config.node_name
 
 
 async def _headers(gateway: Gateway, path: str) -> dict[str, str]:
@@ -57,7 +56,10 @@ async def test_metrics_count_connects_and_tickets(gateway: Gateway, probes: Call
     assert "ticketgate_tickets_consumed_total 1.0" in text
     assert 'ticketgate_connect_attempts_total{reason="ticket",result="accepted"} 1.0' in text
     assert 'ticketgate_connect_attempts_total{reason="invalid_ticket",result="refused"} 1.0' in text
-    assert "ticketgate_events_published_total" in text
+    assert metric_value(text, "ticketgate_events_published_total") == 0.0
+    await gateway.publish("user:alice", "note", {"n": 1})
+    _, text, _ = await http_json("GET", f"{gateway.url}/metrics")
+    assert metric_value(text, "ticketgate_events_published_total") == 1.0
 
 
 async def test_two_apps_have_independent_metrics(gateway: Gateway) -> None:

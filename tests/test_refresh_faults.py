@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway import keys
 from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.config import load_config
 from tests.support import Probe, RedisServer
-
-
-@pytest.fixture
-async def own_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_refresh_fails_closed_while_redis_is_down(
@@ -38,7 +28,7 @@ async def test_refresh_fails_closed_while_redis_is_down(
         token = (await probe.wait_for("refresh_token"))["refreshToken"]
 
         own_redis.stop()
-        ack: Any = await probe.client.call("refresh", {"refreshToken": token}, timeout=10)
+        ack: Any = await probe.call("refresh", {"refreshToken": token}, timeout=10)
         assert ack == {"ok": False, "error": {"code": 4503, "reason": "unavailable"}}
         refused = probes()
         assert not await refused.connect(url, auth={"refreshToken": token})
@@ -47,7 +37,7 @@ async def test_refresh_fails_closed_while_redis_is_down(
 
         own_redis.start()  # same port; nothing restarted on the gateway side
         for _ in range(50):
-            ack = await probe.client.call("refresh", {"refreshToken": token}, timeout=10)
+            ack = await probe.call("refresh", {"refreshToken": token}, timeout=10)
             if ack["ok"] or ack["error"]["code"] != 4503:
                 break
             await asyncio.sleep(0.2)
@@ -57,6 +47,6 @@ async def test_refresh_fails_closed_while_redis_is_down(
         fresh = probes()
         assert await fresh.connect(url, auth={"token": app[keys.tokens].mint("alice")[0]})
         new_token = (await fresh.wait_for("refresh_token"))["refreshToken"]
-        assert (await fresh.client.call("refresh", {"refreshToken": new_token}, timeout=10))["ok"] is True
+        assert (await fresh.call("refresh", {"refreshToken": new_token}, timeout=10))["ok"] is True
     finally:
         await server.close()

@@ -53,12 +53,12 @@ async def member(gateway: Gateway, probes: Callable[[], Probe], sub: str) -> Pro
     probe = probes()
     assert await probe.connect(gateway.url, auth={"token": gateway.mint(sub, claims={"rooms": [ROOM]})})
     await probe.wait_for("authenticated")
-    assert (await probe.client.call("join", {"room": ROOM}, timeout=5))["ok"]
+    assert (await probe.call("join", {"room": ROOM}))["ok"]
     return probe
 
 
 async def send(probe: Probe, data: Any) -> str:
-    ack = await probe.client.call("message", {"room": ROOM, "data": data}, timeout=5)
+    ack = await probe.call("message", {"room": ROOM, "data": data})
     assert ack["ok"] is True, ack
     return str(ack["id"])
 

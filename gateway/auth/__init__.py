@@ -1,1 +1,2 @@
-"""Authentication domain: tokens (JWT/JWKS), tickets and, later, sessions."""
+"""Authentication domain: access tokens (JWT/JWKS), tickets, device-approval
+sessions, refresh tokens, and admission (who a socket is, decided once)."""

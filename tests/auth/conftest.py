@@ -12,8 +12,7 @@ import jwt
 import pytest
 from jwcrypto import jwk
 
-ISSUER = "https://idp.example.test"
-AUDIENCE = "ticketgate-tests"
+from tests.support import AUDIENCE, ISSUER
 
 
 @dataclass

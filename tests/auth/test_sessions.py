@@ -20,7 +20,7 @@ import pytest
 from gateway import keys
 from tests.conftest import Gateway, MakeGateway
 from tests.device import Device, b64url, initiate
-from tests.support import Probe, http_json, raw_frames
+from tests.support import Probe, http_json, issue_ticket, raw_frames
 
 
 def wrong(otp: str) -> str:
@@ -77,10 +77,9 @@ async def test_full_approval(gateway: Gateway, probes: Callable[[], Probe]) -> N
     assert [e for e, _ in browser.events][:4] == ["authenticated", "otp_ready", "approved", "closing"]
 
     # The approval JWT works at once for tickets and token connects.
-    status, ticket, _ = await http_json("POST", f"{gateway.url}/ws/ticket", token=approved["jwt"])
-    assert status == 201
+    ticket = await issue_ticket(gateway.url, approved["jwt"])
     user = probes()
-    assert await user.connect(gateway.url, auth={"ticket": ticket["ticket"]})
+    assert await user.connect(gateway.url, auth={"ticket": ticket})
     assert (await user.wait_for("authenticated"))["sub"] == "alice"
     other = probes()
     assert await other.connect(gateway.url, auth={"token": approved["jwt"]})

@@ -8,20 +8,18 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import jwt
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from jwcrypto import jwk
 
 from gateway.auth.tokens import GATEWAY_ISSUER, JWKS_REFETCH_INTERVAL, TokenService
 from gateway.config import load_config
 from gateway.errors import InvalidToken, TokenExpired
-from tests.auth.conftest import AUDIENCE, ISSUER, Issuer
+from tests.auth.conftest import Issuer
+from tests.support import AUDIENCE, ISSUER, Clock, JwksServer
 
 
 def service(**settings: Any) -> TokenService:
@@ -147,65 +145,17 @@ async def test_algorithm_outside_the_issuers_allowlist(issuer: Issuer) -> None:
         await tokens.verify(issuer.token())
 
 
-class JwksServer:
-    """A real HTTP server on 127.0.0.1 serving a rotatable JWKS and counting fetches."""
-
-    def __init__(self) -> None:
-        self.keys = [jwk.JWK.generate(kty="EC", crv="P-256", kid="k1")]
-        self.fetches = 0
-        app = web.Application()
-        app.router.add_get("/jwks.json", self._jwks)
-        self.server = TestServer(app, host="127.0.0.1")
-
-    async def _jwks(self, request: web.Request) -> web.Response:
-        self.fetches += 1
-        return web.json_response({"keys": [k.export_public(as_dict=True) for k in self.keys]})
-
-    def rotate(self, kid: str) -> jwk.JWK:
-        key = jwk.JWK.generate(kty="EC", crv="P-256", kid=kid)
-        self.keys = [key]
-        return key
-
-    @property
-    def uri(self) -> str:
-        return str(self.server.make_url("/jwks.json"))
-
-    def token(self, key: jwk.JWK, *, kid: str | None = None, sub: str = "ivy") -> str:
-        now = int(time.time())
-        return jwt.encode(
-            {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": now, "exp": now + 60},
-            key.export_to_pem(private_key=True, password=None),
-            algorithm="ES256",
-            headers={"kid": kid or key["kid"]},
-        )
-
-
-@pytest.fixture
-async def jwks_server() -> AsyncIterator[JwksServer]:
-    server = JwksServer()
-    await server.server.start_server()
-    yield server
-    await server.server.close()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+def trusting(jwks_server: JwksServer, session: aiohttp.ClientSession, clock: Clock) -> TokenService:
+    """A TokenService that trusts ``jwks_server``'s issuer, fetching its JWKS over
+    ``session``, with ``clock`` timing the refetch interval."""
+    issuer = {"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["ES256"]}
+    return TokenService(config=load_config(environ={}, flags={"issuers": [issuer]}), http=lambda: session, clock=clock)
 
 
 async def test_jwks_uri_rotation_and_refetch_rate_limit(jwks_server: JwksServer) -> None:
     clock = Clock()
-    config = load_config(
-        environ={},
-        flags={
-            "issuers": [{"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["ES256"]}]
-        },
-    )
     async with aiohttp.ClientSession() as session:
-        tokens = TokenService(config=config, http=lambda: session, clock=clock)
+        tokens = trusting(jwks_server, session, clock)
         first = jwks_server.keys[0]
         assert (await tokens.verify(jwks_server.token(first))).sub == "ivy"
         assert jwks_server.fetches == 1
@@ -235,17 +185,11 @@ async def test_jwks_uri_rotation_and_refetch_rate_limit(jwks_server: JwksServer)
 
 async def test_jwks_fetch_failure_keeps_old_keys(jwks_server: JwksServer) -> None:
     clock = Clock()
-    config = load_config(
-        environ={},
-        flags={
-            "issuers": [{"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["ES256"]}]
-        },
-    )
     async with aiohttp.ClientSession() as session:
-        tokens = TokenService(config=config, http=lambda: session, clock=clock)
+        tokens = trusting(jwks_server, session, clock)
         key = jwks_server.keys[0]
         await tokens.verify(jwks_server.token(key))
-        await jwks_server.server.close()  # the issuer goes down
+        await jwks_server.close()  # the issuer goes down
         clock.now += JWKS_REFETCH_INTERVAL
         with pytest.raises(InvalidToken):
             await tokens.verify(jwks_server.token(key, kid="unknown"))

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
-from tests.support import ROOT, GatewayProcess, RedisServer, wait_for_port, wait_subscribed
+from tests.support import ROOT, GatewayProcess, Nodes, RedisServer, start_together, wait_subscribed
 
 ADMIN_TOKEN = "admin-token-for-cluster-tests-0123456789"
 
@@ -23,19 +26,44 @@ def cluster_settings(redis_server: RedisServer, cluster_keys: dict[str, str]) ->
     return {**cluster_keys, "redis_url": redis_server.url, "admin_token": ADMIN_TOKEN}
 
 
-@pytest.fixture
-async def two_nodes(
-    cluster_settings: dict[str, Any], gateway_process: Callable[..., GatewayProcess]
-) -> tuple[GatewayProcess, GatewayProcess]:
-    """Nodes a and b, both listening and both subscribed to the fan-out channel."""
-    nodes = (gateway_process(cluster_settings, name="a"), gateway_process(cluster_settings, name="b"))
-    for node in nodes:  # start both before waiting: the interpreters boot in parallel
-        node.start(wait=False)
-    for node in nodes:
-        assert node.proc is not None
-        wait_for_port(node.port, proc=node.proc, timeout=20)
-    await wait_subscribed(cluster_settings["redis_url"], len(nodes))
+async def start_nodes(
+    gateway_process: Callable[..., GatewayProcess], settings: dict[str, Any], **overrides: Any
+) -> Nodes:
+    """Nodes a and b with ``settings`` and ``overrides``, both listening and both
+    subscribed to the fan-out channel."""
+    values = {**settings, **overrides}
+    nodes = (gateway_process(values, name="a"), gateway_process(values, name="b"))
+    start_together(*nodes)
+    await wait_subscribed(settings["redis_url"], len(nodes))
     return nodes
+
+
+@pytest.fixture
+async def two_nodes(cluster_settings: dict[str, Any], gateway_process: Callable[..., GatewayProcess]) -> Nodes:
+    """Nodes a and b with the cluster settings, listening and subscribed."""
+    return await start_nodes(gateway_process, cluster_settings)
+
+
+@contextlib.asynccontextmanager
+async def writes_held(redis_url: str, *, until_waiting: int) -> AsyncIterator[None]:
+    """Hold every write in Redis (CLIENT PAUSE WRITE) until ``until_waiting``
+    commands are queued behind the pause, then release them all at once.
+
+    Consuming a ticket is a write, so this makes "concurrent" exact: all the
+    redemptions are in flight together, whatever the scheduling of the clients
+    and of the two nodes. (A read-then-delete would let every one of them win.)
+    """
+    admin = aioredis.Redis.from_url(redis_url)
+    await admin.client_pause(10_000, all=False)  # WRITE mode: reads still run
+    try:
+        yield
+        deadline = time.monotonic() + 10
+        while (await admin.info("clients"))["blocked_clients"] < until_waiting:
+            assert time.monotonic() < deadline, "the connects never all reached Redis"
+            await asyncio.sleep(0.01)
+    finally:
+        await admin.client_unpause()
+        await admin.aclose()
 
 
 async def cli_token(config_file: Path, sub: str) -> str:

@@ -5,61 +5,22 @@ and a publish on one node reaches sockets on the other."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
-from tests.cluster.conftest import ADMIN_TOKEN, cli_token
-from tests.support import GatewayProcess, Probe, http_json, metric_value, publish
+from tests.cluster.conftest import ADMIN_TOKEN, cli_token, writes_held
+from tests.support import Nodes, Probe, issue_ticket, metric, publish
 
 pytestmark = pytest.mark.timeout(60)
-
-Nodes = tuple[GatewayProcess, GatewayProcess]
-
-
-async def issue_ticket(node: GatewayProcess, token: str) -> str:
-    status, body, _ = await http_json("POST", f"{node.url}/ws/ticket", token=token)
-    assert status == 201, body
-    return str(body["ticket"])
-
-
-async def metric(node: GatewayProcess, name: str) -> float:
-    status, text, _ = await http_json("GET", f"{node.url}/metrics")
-    assert status == 200
-    return metric_value(text, name)
-
-
-@contextlib.asynccontextmanager
-async def writes_held(redis_url: str, *, until_waiting: int) -> AsyncIterator[None]:
-    """Hold every write in Redis (CLIENT PAUSE WRITE) until ``until_waiting``
-    commands are queued behind the pause, then release them all at once.
-
-    Consuming a ticket is a write, so this makes "concurrent" exact: all the
-    redemptions are in flight together, whatever the scheduling of the clients
-    and of the two nodes. (A read-then-delete would let every one of them win.)
-    """
-    admin = aioredis.Redis.from_url(redis_url)
-    await admin.client_pause(10_000, all=False)  # WRITE mode: reads still run
-    try:
-        yield
-        deadline = time.monotonic() + 10
-        while (await admin.info("clients"))["blocked_clients"] < until_waiting:
-            assert time.monotonic() < deadline, "the connects never all reached Redis"
-            await asyncio.sleep(0.01)
-    finally:
-        await admin.client_unpause()
-        await admin.aclose()
 
 
 async def test_one_ticket_fifty_concurrent_connects_on_two_nodes_exactly_one_wins(
     two_nodes: Nodes, cluster_settings: dict[str, Any], probes: Callable[[], Probe]
 ) -> None:
     a = two_nodes[0]
-    ticket = await issue_ticket(a, await cli_token(a.config_file, "alice"))
+    ticket = await issue_ticket(a.url, await cli_token(a.config_file, "alice"))
     clients = [probes() for _ in range(50)]
     async with writes_held(cluster_settings["redis_url"], until_waiting=len(clients)):
         connects = [
@@ -74,15 +35,15 @@ async def test_one_ticket_fifty_concurrent_connects_on_two_nodes_exactly_one_win
     assert len(refusals) == 49
     assert all(error["data"] == {"code": 4001, "reason": "invalid_ticket"} for error in refusals), refusals
     # One ticket consumed and one socket connected, summed over both nodes.
-    assert sum([await metric(node, "ticketgate_tickets_consumed_total") for node in two_nodes]) == 1
-    assert sum([await metric(node, "ticketgate_connected_sockets") for node in two_nodes]) == 1
+    assert sum([await metric(node.url, "ticketgate_tickets_consumed_total") for node in two_nodes]) == 1
+    assert sum([await metric(node.url, "ticketgate_connected_sockets") for node in two_nodes]) == 1
 
 
 async def test_publish_on_one_node_reaches_a_socket_on_the_other(two_nodes: Nodes, probes: Callable[[], Probe]) -> None:
     a, b = two_nodes
     alice, bob = probes(), probes()
     alice_token, bob_token = await asyncio.gather(cli_token(a.config_file, "alice"), cli_token(b.config_file, "bob"))
-    assert await alice.connect(a.url, auth={"ticket": await issue_ticket(a, alice_token)})
+    assert await alice.connect(a.url, auth={"ticket": await issue_ticket(a.url, alice_token)})
     assert await bob.connect(b.url, auth={"token": bob_token})
     await alice.wait_for("authenticated")
     await bob.wait_for("authenticated")
@@ -102,7 +63,7 @@ async def test_ticket_issued_on_one_node_is_consumed_on_the_other(
     two_nodes: Nodes, probes: Callable[[], Probe]
 ) -> None:
     a, b = two_nodes
-    ticket = await issue_ticket(a, await cli_token(a.config_file, "carol"))
+    ticket = await issue_ticket(a.url, await cli_token(a.config_file, "carol"))
     probe = probes()
     assert await probe.connect(b.url, auth={"ticket": ticket})
     authenticated = await probe.wait_for("authenticated")
@@ -127,4 +88,4 @@ async def test_token_minted_for_one_node_works_on_the_other(two_nodes: Nodes, pr
         authenticated = await probe.wait_for("authenticated")
         assert (authenticated["sub"], authenticated["via"]) == (sub, "token")
     # The token also buys a ticket on the other node.
-    assert await issue_ticket(b, token_from_a)
+    assert await issue_ticket(b.url, token_from_a)

@@ -20,33 +20,16 @@ import redis.asyncio as aioredis
 
 from gateway.auth.tokens import TokenService
 from gateway.config import load_config
-from tests.cluster.conftest import ADMIN_TOKEN, cli_token
-from tests.cluster.test_cluster import writes_held
-from tests.support import GatewayProcess, Probe, http_json, publish, wait_for_port, wait_subscribed
+from tests.cluster.conftest import ADMIN_TOKEN, cli_token, start_nodes, writes_held
+from tests.support import GatewayProcess, Nodes, Probe, http_json, publish
 
 pytestmark = pytest.mark.timeout(60)
 
-Nodes = tuple[GatewayProcess, GatewayProcess]
 REFUSED_REUSE = {"code": 4011, "reason": "refresh_reuse"}
 REFUSED_REVOKED = {"code": 4011, "reason": "revoked"}
 # `exp` is whole seconds, so a token minted with this TTL has 1 to 2 s left:
 # its expiry never falls inside the connect itself.
 SHORT_TTL = 2
-
-
-async def start_nodes(
-    gateway_process: Callable[..., GatewayProcess], settings: dict[str, Any], **overrides: Any
-) -> Nodes:
-    """Nodes a and b with ``settings`` and ``overrides``, listening and subscribed."""
-    values = {**settings, **overrides}
-    a, b = gateway_process(values, name="a"), gateway_process(values, name="b")
-    for node in (a, b):  # the interpreters boot in parallel
-        node.start(wait=False)
-    for node in (a, b):
-        assert node.proc is not None
-        wait_for_port(node.port, proc=node.proc, timeout=20)
-    await wait_subscribed(settings["redis_url"], 2)
-    return a, b
 
 
 def minter(settings: dict[str, Any]) -> TokenService:
@@ -66,10 +49,6 @@ async def refused(node: GatewayProcess, probes: Callable[[], Probe], auth: dict[
     probe = probes()
     assert not await probe.connect(node.url, auth=auth)
     return probe.connect_error["data"]
-
-
-async def call(probe: Probe, event: str, data: Any) -> Any:
-    return await probe.client.call(event, data, timeout=5)
 
 
 def seqs(probe: Probe) -> list[int]:
@@ -127,7 +106,7 @@ async def test_refresh_reuse_on_one_node_closes_the_family_on_the_other(
     tokens = minter(cluster_settings)
     holder = await connected(b, probes, {"token": tokens.mint("alice")[0]})
     rotated = (await holder.wait_for("refresh_token"))["refreshToken"]
-    ack = await call(holder, "refresh", {"refreshToken": rotated})
+    ack = await holder.call("refresh", {"refreshToken": rotated})
     assert ack["ok"] is True and ack["refreshToken"] != rotated
     bystander = await connected(a, probes, {"token": tokens.mint("alice")[0]})  # another family
     await bystander.wait_for("refresh_token")
@@ -180,7 +159,7 @@ async def test_concurrent_rotations_of_one_token_on_two_nodes_have_one_winner(
 
     # Both rotations read the token as active, then queue their atomic write together.
     async with writes_held(cluster_settings["redis_url"], until_waiting=2):
-        calls = [asyncio.create_task(call(helper, "refresh", {"refreshToken": token})) for helper in helpers]
+        calls = [asyncio.create_task(helper.call("refresh", {"refreshToken": token})) for helper in helpers]
     acks = await asyncio.gather(*calls)
 
     winners = [ack for ack in acks if ack["ok"]]
@@ -226,5 +205,5 @@ async def test_renewal_of_a_token_rotated_by_a_connect_on_the_other_node_is_not_
     await asyncio.sleep(0.3)
     assert not first_tab.named("closing") and not second_tab.named("closing")
     assert len(first_tab.named("refresh_token")) == 1
-    ack = await call(second_tab, "refresh", {"refreshToken": renewed})  # the family is alive
+    ack = await second_tab.call("refresh", {"refreshToken": renewed})  # the family is alive
     assert ack["ok"] is True

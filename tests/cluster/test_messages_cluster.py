@@ -19,11 +19,10 @@ import redis.asyncio as aioredis
 
 from gateway.auth.tokens import TokenService
 from gateway.config import load_config
-from tests.support import ROOT, GatewayProcess, Probe
+from tests.support import ROOT, GatewayProcess, Nodes, Probe
 
 pytestmark = pytest.mark.timeout(60)
 
-Nodes = tuple[GatewayProcess, GatewayProcess]
 ROOM = "room:chat"
 STREAM = "tg:upstream"
 
@@ -47,7 +46,7 @@ async def member(node: GatewayProcess, probes: Callable[[], Probe], token: str) 
     probe = probes()
     assert await probe.connect(node.url, auth={"token": token})
     await probe.wait_for("authenticated")
-    assert await probe.client.call("join", {"room": ROOM}, timeout=5) == {"ok": True, "room": ROOM}
+    assert await probe.call("join", {"room": ROOM}) == {"ok": True, "room": ROOM}
     return probe
 
 
@@ -91,7 +90,7 @@ async def test_message_on_one_node_reaches_both_and_the_stream_once(
     await outsider.wait_for("authenticated")
 
     data = {"text": "hi from a", "n": [1, 2], "nested": {"ok": True}}
-    ack = await people["alice"].client.call("message", {"room": ROOM, "data": data}, timeout=5)
+    ack = await people["alice"].call("message", {"room": ROOM, "data": data})
     assert ack["ok"] is True and ack["id"]
 
     for probe in people.values():  # the sender on a too (§6.9)
@@ -125,7 +124,7 @@ async def test_twenty_messages_from_both_nodes_keep_per_sender_order(
     async def send(sub: str) -> list[str]:
         ids = []
         for n in range(per_sender):  # each waits for its ack, as a chat client would
-            ack = await people[sub].client.call("message", {"room": ROOM, "data": {"n": n}}, timeout=5)
+            ack = await people[sub].call("message", {"room": ROOM, "data": {"n": n}})
             assert ack["ok"] is True, ack
             ids.append(ack["id"])
         return ids

@@ -15,12 +15,22 @@ import pytest
 from gateway.auth.tokens import TokenService
 from gateway.config import load_config
 from tests.cluster.conftest import ADMIN_TOKEN
-from tests.support import ROOT, GatewayProcess, Probe, free_port, http_json, metric_value, publish, wait_for_port, which
+from tests.support import (
+    ROOT,
+    GatewayProcess,
+    Nodes,
+    Probe,
+    free_port,
+    issue_ticket,
+    metric,
+    publish,
+    wait_for_port,
+    which,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
 EXAMPLE = ROOT / "deploy" / "nginx.conf"
-Nodes = tuple[GatewayProcess, GatewayProcess]
 
 
 def adapt_example(text: str, *, port: int, nodes: Nodes, workdir: Path) -> str:
@@ -109,21 +119,9 @@ def mint(cluster_settings: dict[str, Any]) -> Callable[[str], str]:
     return lambda sub: tokens.mint(sub)[0]
 
 
-async def ticket_through(nginx: Nginx, token: str) -> str:
-    status, body, _ = await http_json("POST", f"{nginx.url}/ws/ticket", token=token)
-    assert status == 201, body
-    return str(body["ticket"])
-
-
-async def connected_sockets(node: GatewayProcess) -> float:
-    status, text, _ = await http_json("GET", f"{node.url}/metrics")
-    assert status == 200
-    return metric_value(text, "ticketgate_connected_sockets")
-
-
 async def host_and_other(nodes: Nodes) -> tuple[GatewayProcess, GatewayProcess]:
     """(the node holding the one connected socket, the other node), from their gauges."""
-    counts = [await connected_sockets(node) for node in nodes]
+    counts = [await metric(node.url, "ticketgate_connected_sockets") for node in nodes]
     assert sorted(counts) == [0, 1], counts
     return (nodes[0], nodes[1]) if counts[0] == 1 else (nodes[1], nodes[0])
 
@@ -134,7 +132,7 @@ async def test_polling_client_upgrades_through_nginx_and_hears_the_other_node(
     """socket.io-client's default: long-polling first, then the WebSocket upgrade;
     every request of the session must reach the same node (ip_hash)."""
     probe = probes()
-    ticket = await ticket_through(nginx, mint("alice"))
+    ticket = await issue_ticket(nginx.url, mint("alice"))
     assert await probe.connect(nginx.url, auth={"ticket": ticket}, transports=("polling", "websocket"))
     authenticated = await probe.wait_for("authenticated")
     assert (authenticated["sub"], authenticated["via"]) == ("alice", "ticket")

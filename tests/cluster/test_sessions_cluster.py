@@ -21,11 +21,9 @@ import pytest
 
 from tests.cluster.conftest import ADMIN_TOKEN
 from tests.device import Device, b64url, initiate
-from tests.support import GatewayProcess, Probe, http_json, raw_frames
+from tests.support import GatewayProcess, Nodes, Probe, http_json, raw_frames
 
 pytestmark = pytest.mark.timeout(60)
-
-Nodes = tuple[GatewayProcess, GatewayProcess]
 
 
 def wrong(otp: str) -> str:

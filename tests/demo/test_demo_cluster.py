@@ -11,12 +11,11 @@ from playwright.sync_api import expect
 
 from tests.demo.browser import DemoPage, chat_line
 from tests.demo.conftest import run_async
-from tests.support import GatewayProcess, RedisServer, wait_for_port, wait_subscribed
+from tests.support import GatewayProcess, Nodes, RedisServer, start_together, wait_subscribed
 
 pytestmark = pytest.mark.timeout(90)
 
 OpenDemo = Callable[..., DemoPage]
-Nodes = tuple[GatewayProcess, GatewayProcess]
 
 
 @pytest.fixture
@@ -29,11 +28,7 @@ def two_nodes(
         gateway_process({**settings, "node_name": "node-a"}, name="node-a", extra_args=("--demo",)),
         gateway_process({**settings, "node_name": "node-b"}, name="node-b", extra_args=("--demo",)),
     )
-    for node in nodes:  # both interpreters boot in parallel
-        node.start(wait=False)
-    for node in nodes:
-        assert node.proc is not None
-        wait_for_port(node.port, proc=node.proc, timeout=20)
+    start_together(*nodes)
     run_async(wait_subscribed(redis_server.url, len(nodes)))
     return nodes
 

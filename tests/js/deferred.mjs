@@ -10,9 +10,17 @@
 //     `authenticate`; the server is expected to send `closing` and disconnect.
 //   TRANSPORTS (default "polling,websocket", the client's own default order):
 //     a comma-separated list passed to io() as `transports`.
-// Output: one JSON line per observation ({"event": "connect" | "ack" | "event"
-// | "connect_error" | "disconnect", ...}). Exits 0 once disconnected, 1 on a
-// connect error, 2 after DEFERRED_TIMEOUT_MS (default 10000).
+//
+// Output, one JSON line per thing seen, in order (the shape connect.mjs and
+// reauth.mjs print too):
+//   {"event": "connect", "transport"}
+//   {"event": "connect_error", "message", "data"}
+//   {"event": "emit", "name", "args"}       any event the server emitted
+//   {"event": "ack", "name", "ack"}         the ack of `authenticate` (or {"error": message} on an ack timeout)
+//   {"event": "disconnect", "reason"}
+//   {"event": "timeout"}
+// Exits 0 once disconnected, 1 on a connect error, 2 after DEFERRED_TIMEOUT_MS
+// (default 10000).
 
 import { io } from 'socket.io-client';
 
@@ -35,8 +43,8 @@ const socket = io(URL, {
   reconnection: false,
 });
 
-socket.onAny((name, data) => {
-  print({ event: 'event', name, data });
+socket.onAny((name, ...args) => {
+  print({ event: 'emit', name, args });
   if (SCENARIO === 'authenticate' && name === 'hello') {
     socket.disconnect();
   }
@@ -56,12 +64,13 @@ socket.on('disconnect', (reason) => {
 socket.on('connect', async () => {
   print({ event: 'connect', transport: socket.io.engine.transport.name });
   if (SCENARIO === 'authenticate') {
+    let ack;
     try {
-      const ack = await socket.timeout(5000).emitWithAck('authenticate', { token: TOKEN });
-      print({ event: 'ack', ack });
+      ack = await socket.timeout(5000).emitWithAck('authenticate', { token: TOKEN });
     } catch (err) {
-      print({ event: 'ack_timeout', message: String(err.message) });
+      ack = { error: String(err.message ?? err) };
     }
+    print({ event: 'ack', name: 'authenticate', ack });
   } else {
     socket.emit('join', { room: 'room:chat' });
   }
