@@ -21,12 +21,13 @@ from gateway.demo import demo_files
 from gateway.lifetime import Lifetime
 from gateway.messages import MessageService
 from gateway.metrics import Metrics
-from gateway.realtime import OriginPolicy, Realtime, create_server
+from gateway.realtime import Realtime, create_server
 from gateway.scheduler import Scheduler
 from gateway.store import create_store
 from handlers import http
 from handlers.events import SocketHandlers
 from handlers.openapi import build_openapi
+from handlers.origins import OriginPolicy
 from handlers.raw_ws import session_socket
 
 logger = logging.getLogger(__name__)
@@ -49,19 +50,20 @@ MAX_BODY_BYTES = 64 * 1024
 def create_app(config: Config) -> web.Application:
     """The gateway for ``config``; StartupError if ``config.demo`` and the demo's files are missing."""
     demo = demo_files() if config.demo else None  # first: a missing file fails before anything is built
+    origins = OriginPolicy(allowed=config.allowed_origins, public_url=config.public_url)
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[
             *([http.forwarded_middleware(config.trusted_proxies)] if config.trusted_proxies else []),
             http.error_middleware,
-            http.origin_middleware_for(f"/{SOCKETIO_PATH}/", RAW_SESSION_PREFIX),
+            http.origin_middleware_for(origins, f"/{SOCKETIO_PATH}/", RAW_SESSION_PREFIX),
+            http.handshake_limit_for(f"/{SOCKETIO_PATH}/"),
         ],
     )
     metrics = Metrics()
     store = create_store(config.redis_url)
     tokens = TokenService(config=config, http=lambda: app[keys.http_client])
-    origins = OriginPolicy(config.allowed_origins)
-    sio = create_server(config, origins=origins)
+    sio = create_server(config, cors=origins.engineio_check)
     realtime = Realtime(
         sio=sio, scheduler=Scheduler(), max_held=config.max_held_events, on_drop=metrics.held_events_dropped.inc
     )
@@ -87,7 +89,7 @@ def create_app(config: Config) -> web.Application:
     app[keys.tokens] = tokens
     app[keys.tickets] = tickets
     app[keys.lifetime] = lifetime
-    app[keys.origins] = origins
+    app[keys.admission] = admission
     app[keys.realtime] = realtime
     app[keys.sessions] = sessions
     app[keys.openapi] = build_openapi(version=__version__)

@@ -53,6 +53,9 @@ class Config:
     secret: bytes | None = None  # decoded HMAC secret
     admin_token: str | None = None
     allowed_origins: tuple[str, ...] = ()
+    # The gateway's own origin, as browsers reach it (e.g. https://gw.example.com
+    # behind a TLS proxy); unset: the address each connection came in on.
+    public_url: str | None = None
     # Rooms any authenticated socket may join, beside those its `rooms` claim
     # allows (glob patterns over room:<name>); --demo defaults it to room:demo-*.
     public_rooms: tuple[str, ...] = ()
@@ -127,6 +130,7 @@ class ConfigSchema(Schema):
     secret = fields.String(allow_none=True)
     admin_token = fields.String(allow_none=True, validate=validate.Length(min=16))
     allowed_origins = fields.List(fields.String())
+    public_url = fields.Url(schemes={"http", "https"}, require_tld=False, allow_none=True)
     trusted_proxies = fields.List(fields.String())
     public_rooms = fields.List(fields.String(validate=validate.Regexp(r"^room:\S+\Z", error="must be room:<pattern>")))
     ticket_ttl = fields.Float(validate=_positive)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.realtime import RESERVED_EVENTS, ROOM_PATTERN, ClusterManager
+from gateway.realtime import ROOM_PATTERN, ClusterManager, is_reserved_event
 
 
 class Emitter:
@@ -26,8 +26,8 @@ class Emitter:
         """
         if not ROOM_PATTERN.match(room):
             raise ValueError("room must be user:<sub>, session:<id> or room:<name>")
-        if not event or event in RESERVED_EVENTS:
-            raise ValueError(f"event name {event!r} is empty or reserved by Socket.IO")
+        if not event or is_reserved_event(event):
+            raise ValueError(f"event name {event!r} is empty or reserved (Socket.IO's own, or _tg: control messages)")
         await self._manager.emit(event, data, room=room)
 
     async def close(self) -> None:

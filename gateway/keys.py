@@ -5,13 +5,14 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from gateway.auth.admission import Admission
 from gateway.auth.sessions import SessionService
 from gateway.auth.tickets import TicketService
 from gateway.auth.tokens import TokenService
 from gateway.config import Config
 from gateway.lifetime import Lifetime
 from gateway.metrics import Metrics
-from gateway.realtime import OriginPolicy, Realtime
+from gateway.realtime import Realtime
 from gateway.store import Store
 
 config = web.AppKey("config", Config)
@@ -21,7 +22,7 @@ tokens = web.AppKey("tokens", TokenService)
 tickets = web.AppKey("tickets", TicketService)
 sessions = web.AppKey("sessions", SessionService)
 lifetime = web.AppKey("lifetime", Lifetime)
+admission = web.AppKey("admission", Admission)
 realtime = web.AppKey("realtime", Realtime)
-origins = web.AppKey("origins", OriginPolicy)
 http_client = web.AppKey("http_client", aiohttp.ClientSession)
 openapi = web.AppKey("openapi", dict)

@@ -13,7 +13,7 @@ class Metrics:
         )
         self.pending_sockets = Gauge(
             "ticketgate_pending_sockets",
-            "Sockets connected without credentials, awaiting authenticate",
+            "Engine.IO sessions not yet authenticated: no Socket.IO CONNECT yet, or awaiting authenticate",
             registry=self.registry,
         )
         self.connect_attempts = Counter(

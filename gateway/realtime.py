@@ -41,13 +41,19 @@ ROOM_PATTERN = re.compile(r"^(user|session|room):[^\s]{1,200}\Z")
 RESERVED_EVENTS = frozenset(
     {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
 )
+CONTROL_PREFIX = "_tg:"  # the gateway's own control messages between nodes
 # Events a raw (IDToken-style) session WebSocket receives as JSON text frames.
 RAW_EVENTS = frozenset({"otp_ready", "approved", "rejected"})
 # The gateway's own events about a socket's state: never held back.
 UNHELD_EVENTS = frozenset({"closing", "authenticated", "auth_expiring", "reauth_required", "refresh_token"})
-CONTROL_CLOSE = "_tg:close"
+CONTROL_CLOSE = CONTROL_PREFIX + "close"
 DRAIN_TIMEOUT = 2.0
 POLL_FETCH_TIMEOUT = 0.5  # how long a draining node waits for a long-polling client's next poll
+
+
+def is_reserved_event(name: str) -> bool:
+    """Names nobody may publish: socket.io-client's own, and the gateway's control messages."""
+    return name in RESERVED_EVENTS or name.startswith(CONTROL_PREFIX)
 
 
 def user_room(sub: str) -> str:
@@ -230,33 +236,6 @@ class ClusterManager(socketio.AsyncRedisManager, LocalFanout):  # type: ignore[m
                     await client.aclose()
 
 
-class OriginPolicy:
-    """PROTOCOL §6.16: no Origin (non-browser) is allowed; same-origin is allowed;
-    otherwise the Origin must be listed in ``allowed_origins`` (``*``: any, demo only)."""
-
-    def __init__(self, allowed: tuple[str, ...]) -> None:
-        self._any = "*" in allowed
-        self._allowed = frozenset(o.rstrip("/") for o in allowed if o != "*")
-
-    def allows(self, origin: str | None, *, host: str | None, scheme: str) -> bool:
-        if origin is None or self._any:
-            return True
-        origin = origin.rstrip("/")
-        return origin in self._allowed or (host is not None and origin == f"{scheme}://{host}")
-
-    def engineio_check(self, origin: str | None, environ: Mapping[str, Any]) -> bool:
-        """The callable form python-engineio accepts for ``cors_allowed_origins``.
-
-        Host and scheme come from the aiohttp request (as the trusted-proxy
-        middleware left it), not from engineio's environ, which takes the
-        scheme from any client's X-Forwarded-Proto.
-        """
-        request = environ.get("aiohttp.request")
-        if request is None:
-            return self.allows(origin, host=environ.get("HTTP_HOST"), scheme="http")
-        return self.allows(origin, host=request.host, scheme=request.scheme)
-
-
 class _UncompressedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
     """python-engineio's aiohttp WebSocket, without permessage-deflate.
 
@@ -275,15 +254,43 @@ class _UncompressedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
         return self._sock
 
 
-def create_server(config: Config, *, origins: OriginPolicy) -> socketio.AsyncServer:
+EngineOpened = Callable[[str, Mapping[str, Any]], bool]
+
+
+class Server(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's server, telling the gateway when an Engine.IO session
+    opens and ends, before and beside any Socket.IO socket on it: a session that
+    never sends the Socket.IO CONNECT is still a client to count and to time out.
+    ``_handle_eio_connect``/``_handle_eio_disconnect`` are python-socketio's
+    handlers of engine.io's events (pinned; tests/test_realtime_overrides.py).
+    """
+
+    engine_opened: EngineOpened | None = None
+    engine_closed: Callable[[str], None] | None = None
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: Mapping[str, Any]) -> bool | None:
+        await super()._handle_eio_connect(eio_sid, environ)
+        if self.engine_opened is not None and not self.engine_opened(eio_sid, environ):
+            self.environ.pop(eio_sid, None)
+            return False  # engine.io refuses the handshake
+        return None
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        await super()._handle_eio_disconnect(eio_sid, reason)
+        if self.engine_closed is not None:
+            self.engine_closed(eio_sid)
+
+
+def create_server(config: Config, *, cors: Callable[[str | None, Mapping[str, Any]], bool]) -> Server:
+    """The Socket.IO server; ``cors`` judges an Origin for engine.io (its CORS headers)."""
     manager = ClusterManager(config.redis_url, channel=config.redis_channel) if config.redis_url else LocalFanout()
-    sio = socketio.AsyncServer(
+    sio = Server(
         async_mode="aiohttp",
         client_manager=manager,
         # One socket's events run in order (a chat must not reorder messages);
         # other sockets are unaffected, each has its own reader task.
         async_handlers=False,
-        cors_allowed_origins=origins.engineio_check,
+        cors_allowed_origins=cors,
         # A credential or a message never needs more; smaller frames are a DoS guard.
         max_http_buffer_size=64 * 1024,
         logger=False,
@@ -302,7 +309,6 @@ class Conn:
     expires_at: float
     sub: str | None = None
     claims: Mapping[str, Any] = field(default_factory=dict)
-    addr: str | None = None  # pending sockets: the client address they count against
     session_id: str | None = None
     seq: int = 0  # auth sessions: the connection's number, for "newest wins"
     family: str | None = None  # the refresh-token family this socket is bound to
@@ -327,9 +333,7 @@ class Conn:
 class Realtime:
     """This node's sockets, and every emit and close the gateway makes."""
 
-    def __init__(
-        self, *, sio: socketio.AsyncServer, scheduler: Scheduler, max_held: int, on_drop: Callable[[int], None]
-    ) -> None:
+    def __init__(self, *, sio: Server, scheduler: Scheduler, max_held: int, on_drop: Callable[[int], None]) -> None:
         self.sio = sio
         self.scheduler = scheduler
         self.conns: dict[str, Conn] = {}
@@ -548,6 +552,25 @@ class Realtime:
 
     def rooms_of(self, sid: str) -> list[str]:
         return list(self.sio.rooms(sid))
+
+    def eio_sid(self, sid: str) -> str | None:
+        """The Engine.IO session a Socket.IO socket rides on."""
+        eio_sid: str | None = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
+        return eio_sid
+
+    async def drop_engine(self, eio_sid: str) -> None:
+        """Close an Engine.IO session that has no Socket.IO socket (never sent CONNECT)."""
+        eio_socket = self.sio.eio.sockets.get(eio_sid)
+        if eio_socket is None:
+            return
+        if eio_socket.upgraded:
+            eio_socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
+            eio_socket.queue.put_nowait(None)  # the writer closes the WebSocket
+        else:
+            await self._close_polling(eio_socket)
+            # engine.io forgets a closed polling session only at its next request,
+            # and this client stopped asking.
+            self.sio.eio.sockets.pop(eio_sid, None)
 
     def add_raw(self, room: str, raw: RawSocket) -> None:
         self.raw.setdefault(room, {})[raw.id] = raw

@@ -24,7 +24,7 @@ from gateway.errors import AmbiguousCredentials, AuthExpired, Forbidden, Gateway
 from gateway.formats import iso_z
 from gateway.messages import MessageService, may_join
 from gateway.metrics import Metrics
-from gateway.realtime import Conn, Realtime
+from gateway.realtime import Conn, Realtime, Server
 from handlers import schemas
 from handlers.errors import ack_error, connect_error_data
 
@@ -74,7 +74,9 @@ class SocketHandlers:
         self._realtime = realtime
         self._metrics = metrics
 
-    def register(self, sio: socketio.AsyncServer) -> None:
+    def register(self, sio: Server) -> None:
+        sio.engine_opened = self.engine_opened
+        sio.engine_closed = self._admission.engine_closed
         sio.on("connect", self.connect)
         sio.on("disconnect", self.disconnect)
         sio.on("authenticate", self._handler("authenticate", schemas.AuthenticateEvent(), self._authenticate))
@@ -86,10 +88,13 @@ class SocketHandlers:
 
     # -- connect / disconnect ---------------------------------------------------
 
+    def engine_opened(self, eio_sid: str, environ: Mapping[str, Any]) -> bool:
+        return self._admission.engine_opened(eio_sid, client_address(environ))
+
     async def connect(self, sid: str, environ: Mapping[str, Any], auth: Any = None) -> None:
         try:
             fields = read_credentials(auth, environ)
-            welcome = await self._admission.connect(sid, fields, addr=client_address(environ))
+            welcome = await self._admission.connect(sid, fields)
         except GatewayError as exc:
             data = connect_error_data(exc)
             self._metrics.connect_attempts.labels("refused", exc.reason).inc()

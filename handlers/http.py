@@ -10,6 +10,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,10 +35,12 @@ from gateway.errors import (
 from gateway.formats import iso_z
 from handlers import schemas
 from handlers.errors import Surface, code_for
+from handlers.origins import OriginPolicy
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_PRINTABLE_ASCII = re.compile(r"^[\x21-\x7e]+\Z")
 
 _HTTP_CODES = {
     400: "invalid_request",
@@ -128,19 +131,35 @@ def forwarded_middleware(trusted: tuple[str, ...]) -> Callable[..., Awaitable[we
     return middleware
 
 
-def origin_middleware_for(*path_prefixes: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+def origin_middleware_for(policy: OriginPolicy, *path_prefixes: str) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Refuse a cross-origin WebSocket/Socket.IO handshake with 403 before any upgrade (PROTOCOL §3, 4003)."""
 
     @web.middleware
     async def origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(path_prefixes):
-            policy = request.app[keys.origins]
-            if not policy.allows(request.headers.get("Origin"), host=request.host, scheme=request.scheme):
-                logger.info("refused handshake: origin_not_allowed")
-                return error_response(403, "origin_not_allowed", "this Origin may not connect")
+        if request.path.startswith(path_prefixes) and not policy.allows_request(request):
+            logger.info("refused handshake: origin_not_allowed")
+            return error_response(403, "origin_not_allowed", "this Origin may not connect")
         return await handler(request)
 
     return origin_middleware
+
+
+def handshake_limit_for(path_prefix: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Refuse a new Engine.IO session (a Socket.IO handshake: no ``sid`` yet) with
+    429 while its address holds ``max_pending_per_ip`` sessions that never sent
+    the Socket.IO CONNECT (admission refuses them too; this door answers in the
+    documented shape, with Retry-After)."""
+
+    @web.middleware
+    async def handshake_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith(path_prefix) and request.method == "GET" and "sid" not in request.query:
+            admission = request.app[keys.admission]
+            if admission.unconnected_full(request.remote or "unknown"):
+                retry = request.app[keys.config].auth_timeout
+                raise RateLimited("too many unauthenticated sessions from this address", retry_after=retry)
+        return await handler(request)
+
+    return handshake_limit
 
 
 async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
@@ -151,6 +170,8 @@ async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
         payload = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InvalidRequest("body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidRequest(f"body is nested deeper than {schemas.MAX_DEPTH}") from None
     return schemas.load(schema, payload, not_an_object="body must be a JSON object")
 
 
@@ -161,7 +182,12 @@ def bearer(request: web.Request) -> str:
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         raise InvalidToken("Authorization must be 'Bearer <token>'")
-    return value.strip()
+    token = value.strip()
+    # Every token (JWT, admin token) is printable ASCII; a header is decoded with
+    # surrogateescape, so other bytes would only fail later, in an encoder.
+    if not _PRINTABLE_ASCII.match(token):
+        raise InvalidToken("malformed token")
+    return token
 
 
 def require_admin(request: web.Request) -> None:
@@ -251,9 +277,7 @@ async def verify_session(request: web.Request) -> web.Response:
 
 async def disconnect_user(request: web.Request) -> web.Response:
     require_admin(request)
-    sub = request.match_info["sub"]
-    if not 1 <= len(sub) <= 200:
-        raise InvalidRequest("sub must be 1 to 200 characters")
+    sub = schemas.load(schemas.UserPath(), {"sub": request.match_info["sub"]})["sub"]
     body = await load_body(request, schemas.DisconnectRequest())
     closed = await request.app[keys.lifetime].disconnect_user(sub, revoke=body["revokeTokens"])
     return web.json_response({"disconnected": closed})

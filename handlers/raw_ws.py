@@ -18,8 +18,9 @@ from aiohttp import WSMsgType, web
 from gateway import closes, keys
 from gateway.auth.sessions import session_room
 from gateway.closes import Close
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InvalidRequest, InvalidToken
 from gateway.formats import iso_z
+from handlers import schemas
 from handlers.errors import Surface, code_for
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,13 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
         if realtime.draining:
             await ws.close(code=closes.GOING_AWAY.code, message=closes.GOING_AWAY.reason.encode())
             return ws
-        opened = await request.app[keys.sessions].open(session_id, request.query.get("token", ""))
+        params = {"sessionId": session_id, "token": request.query.get("token", "")}
+        try:
+            schemas.load(schemas.RawSessionParams(), params)
+        except InvalidRequest:
+            # PROTOCOL §6.13: the wsToken is judged first, and a malformed one is wrong.
+            raise InvalidToken("malformed sessionId or token") from None
+        opened = await request.app[keys.sessions].open(session_id, params["token"])
     except GatewayError as exc:
         metrics.connect_attempts.labels("refused", exc.reason).inc()
         logger.info("raw session socket refused reason=%s", exc.reason)

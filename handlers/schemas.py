@@ -5,12 +5,62 @@ The same schemas validate requests and feed ``/openapi.json`` (apispec).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
 from gateway.errors import InvalidRequest
-from gateway.realtime import RESERVED_EVENTS, ROOM_PATTERN
+from gateway.realtime import ROOM_PATTERN, is_reserved_event
+
+# C0 and C1 controls and DEL: never part of an id, a credential, a room or an event name.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_DEPTH = 32  # nesting of published and sent data; deeper is refused, not recursed into
+
+
+def _is_text(value: str) -> bool:
+    """Encodable as UTF-8: JSON can carry a lone surrogate (``"\\ud800"``), and every
+    store, hash and encoder after the door would fail on it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class Text(fields.String):
+    """A string that is valid Unicode text without control characters."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text: str = super()._deserialize(value, attr, data, **kwargs)
+        if not _is_text(text):
+            raise ValidationError("must be valid Unicode text")
+        if _CONTROL.search(text):
+            raise ValidationError("must not contain control characters")
+        return text
+
+
+class Json(fields.Raw):
+    """Any JSON value whose strings are valid Unicode text, nested at most MAX_DEPTH deep."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        _check_json(value, 0)
+        return value
+
+
+def _check_json(value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ValidationError(f"nested deeper than {MAX_DEPTH}")
+    if isinstance(value, str):
+        if not _is_text(value):
+            raise ValidationError("must be valid Unicode text")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_json(key, depth + 1)
+            _check_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, depth + 1)
 
 
 def load(schema: Schema, data: Any, *, not_an_object: str = "the payload must be an object") -> dict[str, Any]:
@@ -68,19 +118,24 @@ class TicketResponse(Schema):
     expiresAt = fields.String(required=True, metadata={"description": "ISO 8601 UTC, Z"})
 
 
+def _not_reserved(name: str) -> None:
+    if is_reserved_event(name):
+        raise ValidationError("is reserved (Socket.IO's own events, the gateway's _tg: control messages)")
+
+
 class PublishRequest(Schema):
-    room = fields.String(
+    room = Text(
         required=True,
         validate=validate.Regexp(ROOM_PATTERN, error="must be user:<sub>, session:<id> or room:<name>"),
     )
-    event = fields.String(
+    event = Text(
         required=True,
         validate=[
             validate.Length(min=1, max=100),
-            validate.NoneOf(RESERVED_EVENTS, error="is reserved by Socket.IO"),
+            _not_reserved,
         ],
     )
-    data = fields.Raw(load_default=None, allow_none=True)
+    data = Json(load_default=None, allow_none=True)
 
 
 class PublishResponse(Schema):
@@ -93,7 +148,7 @@ _BASE64URL = validate.Regexp(r"^[A-Za-z0-9_-]+={0,2}\Z", error="must be base64ur
 
 
 class EnrollRequest(Schema):
-    userId = fields.String(required=True, validate=_ID)
+    userId = Text(required=True, validate=_ID)
     publicKey = fields.Dict(required=True, metadata={"description": "EC P-256 public JWK"})
 
 
@@ -106,7 +161,7 @@ class EnrollResponse(Schema):
 
 
 class InitiateRequest(Schema):
-    userId = fields.String(required=True, validate=_ID)
+    userId = Text(required=True, validate=_ID)
 
 
 class InitiateResponse(Schema):
@@ -117,10 +172,10 @@ class InitiateResponse(Schema):
 
 
 class VerifyRequest(Schema):
-    sessionId = fields.String(required=True, validate=_ID)
-    deviceId = fields.String(required=True, validate=_ID)
-    otp = fields.String(required=True, validate=validate.Regexp(r"^[0-9]{6}\Z", error="must be 6 digits"))
-    signature = fields.String(required=True, validate=[validate.Length(min=1, max=200), _BASE64URL])
+    sessionId = Text(required=True, validate=_ID)
+    deviceId = Text(required=True, validate=_ID)
+    otp = Text(required=True, validate=validate.Regexp(r"^[0-9]{6}\Z", error="must be 6 digits"))
+    signature = Text(required=True, validate=[validate.Length(min=1, max=200), _BASE64URL])
 
 
 class VerifyResponse(Schema):
@@ -132,32 +187,45 @@ class ConnectAuth(Schema):
 
     # Size and shape of tickets and tokens are judged by their services, so
     # that an oversized token is refused as invalid_token, not invalid_request.
-    ticket = fields.String()
-    token = fields.String()
-    sessionId = fields.String(validate=_ID)
-    wsToken = fields.String(validate=validate.Length(min=1, max=200))
-    refreshToken = fields.String(validate=validate.Length(min=1, max=200))
+    ticket = Text()
+    token = Text()
+    sessionId = Text(validate=_ID)
+    wsToken = Text(validate=validate.Length(min=1, max=200))
+    refreshToken = Text(validate=validate.Length(min=1, max=200))
 
 
 class AuthenticateEvent(Schema):
     """``authenticate``: exactly one of token or ticket."""
 
-    token = fields.String(validate=validate.Length(min=1))
-    ticket = fields.String(validate=validate.Length(min=1))
+    token = Text(validate=validate.Length(min=1))
+    ticket = Text(validate=validate.Length(min=1))
 
 
 class RoomEvent(Schema):
-    room = fields.String(required=True, validate=validate.Regexp(r"^room:[^\s]{1,200}\Z", error="must be room:<name>"))
+    room = Text(required=True, validate=validate.Regexp(r"^room:[^\s]{1,200}\Z", error="must be room:<name>"))
 
 
 class MessageEvent(Schema):
-    room = fields.String(required=True, validate=validate.Regexp(r"^room:[^\s]{1,200}\Z", error="must be room:<name>"))
-    data = fields.Raw(required=True, allow_none=True)
-    token = fields.String(validate=validate.Length(min=1))
+    room = Text(required=True, validate=validate.Regexp(r"^room:[^\s]{1,200}\Z", error="must be room:<name>"))
+    data = Json(required=True, allow_none=True)
+    token = Text(validate=validate.Length(min=1))
 
 
 class RefreshEvent(Schema):
-    refreshToken = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    refreshToken = Text(required=True, validate=validate.Length(min=1, max=200))
+
+
+class RawSessionParams(Schema):
+    """``/ws/session/{sessionId}?token={wsToken}``."""
+
+    sessionId = Text(required=True, validate=_ID)
+    token = Text(required=True, validate=validate.Length(min=1, max=200))
+
+
+class UserPath(Schema):
+    """The ``{sub}`` of ``/api/users/{sub}/...``."""
+
+    sub = Text(required=True, validate=_ID)
 
 
 class DisconnectRequest(Schema):

@@ -9,11 +9,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import pytest
 
 from gateway import keys
 from tests.conftest import Gateway, MakeGateway
-from tests.support import Probe
+from tests.support import Probe, http_json, metric
 
 
 async def connected(gateway: Gateway, probes: Callable[[], Probe], sub: str = "alice", **mint: Any) -> Probe:
@@ -101,6 +102,11 @@ async def test_pending_cap_per_address_and_timeout(make_gateway: MakeGateway, pr
     refused = [c for c, ok in zip(clients, results, strict=True) if not ok]
     assert all(c.connect_error["data"] == {"code": 4029, "reason": "rate_limited"} for c in refused)
     realtime = gateway.app[keys.realtime]
+    # A refused client hangs up its Engine.IO session, which waited (and counted,
+    # with a timer of its own) until then.
+    async with asyncio.timeout(5):
+        while realtime.scheduler.pending > 100:
+            await asyncio.sleep(0.02)
     assert len(realtime.conns) == 100 and realtime.scheduler.pending == 100
     accepted = [c for c, ok in zip(clients, results, strict=True) if ok]
     await asyncio.wait_for(asyncio.gather(*(c.disconnected.wait() for c in accepted)), 10)
@@ -274,3 +280,44 @@ async def test_public_rooms(make_gateway: MakeGateway, probes: Callable[[], Prob
     assert (await probe.call("join", {"room": "room:closed"}))["error"]["code"] == 4003
     demo = await make_gateway(demo=True)
     assert demo.config.public_rooms == ("room:demo-*",)
+
+
+async def test_engine_sessions_that_never_connect_count_and_time_out(make_gateway: MakeGateway) -> None:
+    """Engine.IO sessions that never send the Socket.IO CONNECT are clients too
+    (issue #11): they count against max_pending_per_ip, the surplus handshakes
+    are refused with 429, and auth_timeout closes them like any pending socket."""
+    gateway = await make_gateway(auth_timeout=1, max_pending_per_ip=20)
+    handshake = f"{gateway.url}/socket.io/?EIO=4&transport=polling"
+    answers = [await http_json("GET", handshake) for _ in range(30)]
+    opened = [body for status, body, _ in answers if status == 200]
+    refused = [(body, headers) for status, body, headers in answers if status == 429]
+    assert len(opened) == 20 and len(refused) == 10
+    assert all(
+        body["error"]["code"] == "rate_limited" and int(headers["Retry-After"]) >= 1 for body, headers in refused
+    )
+    assert await metric(gateway.url, "ticketgate_pending_sockets") == 20
+
+    # auth_timeout: each session is closed (a poll now finds it gone), and the count is back to 0.
+    sid = json.loads(opened[0][1:])["sid"]
+    await asyncio.sleep(1.6)
+    assert await metric(gateway.url, "ticketgate_pending_sockets") == 0
+    status, body, _ = await http_json("GET", f"{handshake}&sid={sid}")
+    assert status == 400 or body == "1", (status, body)  # unknown session, or its CLOSE packet
+    assert gateway.app[keys.realtime].sio.eio.sockets == {}
+    assert (await http_json("GET", handshake))[0] == 200  # the address may open sessions again
+
+
+async def test_a_websocket_that_never_connects_is_closed_at_auth_timeout(make_gateway: MakeGateway) -> None:
+    gateway = await make_gateway(auth_timeout=1)
+    url = f"{gateway.url}/socket.io/?EIO=4&transport=websocket"
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        assert (await ws.receive_str(timeout=5)).startswith("0{")
+        assert await metric(gateway.url, "ticketgate_pending_sockets") == 1
+        started = time.monotonic()
+        frames = []
+        while (message := await ws.receive(timeout=5)).type == aiohttp.WSMsgType.TEXT:
+            frames.append(message.data)
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert 0.5 < time.monotonic() - started < 2.5
+    assert frames == ["1"]  # engine.io's CLOSE, then the WebSocket's own close
+    assert await metric(gateway.url, "ticketgate_pending_sockets") == 0

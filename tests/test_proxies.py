@@ -38,9 +38,11 @@ async def test_forwarded_headers_of_an_untrusted_peer_are_ignored(
 
 
 @pytest.mark.parametrize("engine", ["memory"])
-async def test_same_origin_behind_a_tls_proxy(make_gateway: MakeGateway) -> None:
+async def test_same_origin_behind_a_tls_proxy_is_the_public_url(make_gateway: MakeGateway) -> None:
+    """Behind a TLS proxy the gateway's own origin is its configured public_url;
+    the forwarded Host and scheme no longer make an Origin same-origin (issue #11)."""
+    public = await make_gateway(trusted_proxies=["127.0.0.1"], public_url="https://chat.example")
     trusting = await make_gateway(trusted_proxies=["127.0.0.1"])
-    plain = await make_gateway()
     headers = {
         "Origin": "https://chat.example",
         "X-Forwarded-Proto": "https",
@@ -48,10 +50,27 @@ async def test_same_origin_behind_a_tls_proxy(make_gateway: MakeGateway) -> None
         "X-Forwarded-For": "198.51.100.7",
     }
     path = "/socket.io/?EIO=4&transport=polling"
-    status, _, _ = await http_json("GET", trusting.url + path, headers=headers)
+    status, _, _ = await http_json("GET", public.url + path, headers=headers)
     assert status == 200
-    status, body, _ = await http_json("GET", plain.url + path, headers=headers)
+    status, body, _ = await http_json("GET", trusting.url + path, headers=headers)
     assert status == 403 and body["error"]["code"] == "origin_not_allowed"
+
+
+@pytest.mark.parametrize("engine", ["memory"])
+async def test_a_rebound_name_is_not_same_origin(make_gateway: MakeGateway) -> None:
+    """DNS rebinding: a page on evil.example, whose name now points at the gateway,
+    sends Host and Origin of evil.example; only the listen address (or public_url) counts."""
+    gateway = await make_gateway()
+    path = "/socket.io/?EIO=4&transport=polling"
+    rebound = {"Host": "evil.example", "Origin": "http://evil.example"}
+    status, body, _ = await http_json("GET", gateway.url + path, headers=rebound)
+    assert status == 403 and body["error"]["code"] == "origin_not_allowed"
+    port = gateway.server.port
+    for own in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+        status, _, _ = await http_json("GET", gateway.url + path, headers={"Host": "evil.example", "Origin": own})
+        assert status == 200, own
+    status, _, _ = await http_json("GET", gateway.url + path, headers={"Origin": "http://127.0.0.1:1"})
+    assert status == 403  # another port is another origin
 
 
 def test_bad_proxy_setting() -> None:

@@ -32,6 +32,23 @@ def test_the_overridden_manager_methods_keep_their_shape() -> None:
     assert {"rooms", "callbacks", "pending_connect", "pending_disconnect"} <= vars(manager).keys()
 
 
+def test_the_overridden_server_handlers_keep_their_shape() -> None:
+    from socketio import AsyncServer
+
+    assert parameters(AsyncServer._handle_eio_connect) == ["self", "eio_sid", "environ"]
+    assert parameters(AsyncServer._handle_eio_disconnect) == ["self", "eio_sid", "reason"]
+    # python-socketio registers them as engine.io's connect/disconnect handlers,
+    # and engine.io refuses a handshake whose connect handler returns False.
+    from socketio.base_server import BaseServer
+
+    registration = inspect.getsource(BaseServer.__init__)
+    assert "self.eio.on('connect', self._handle_eio_connect)" in registration
+    assert "self.eio.on('disconnect', self._handle_eio_disconnect)" in registration
+    from engineio import AsyncServer as EngineServer
+
+    assert "ret is not None and ret is not True" in inspect.getsource(EngineServer._handle_connect)
+
+
 def test_the_room_index_agrees_with_python_socketios_rooms() -> None:
     manager = LocalFanout()
     for eio_sid, sid in (("e1", "s1"), ("e2", "s2")):

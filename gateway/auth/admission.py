@@ -11,9 +11,11 @@ A new credential kind is added here: in ``KINDS`` and in ``_verify``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +87,21 @@ async def _nothing() -> None:
     return None
 
 
+@dataclass(kw_only=True)
+class _Waiting:
+    """An Engine.IO session that has not authenticated yet."""
+
+    addr: str
+    timer: asyncio.TimerHandle
+    sid: str | None = None  # its Socket.IO socket, once it connected without credentials
+
+
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
 class Admission:
     def __init__(
         self,
@@ -108,11 +125,15 @@ class Admission:
         self._lifetime = lifetime
         self._realtime = realtime
         self._metrics = metrics
-        self._pending_by_addr: dict[str, int] = {}
+        # Engine.IO sessions not yet authenticated, by Engine.IO sid: those that
+        # have not sent the Socket.IO CONNECT yet, and pending (deferred) sockets.
+        self._waiting: dict[str, _Waiting] = {}
+        self._waiting_by_addr: Counter[str] = Counter()
+        self._unconnected_by_addr: Counter[str] = Counter()
 
     # -- connect ---------------------------------------------------------------
 
-    async def connect(self, sid: str, fields: Mapping[str, str], *, addr: str) -> Welcome:
+    async def connect(self, sid: str, fields: Mapping[str, str]) -> Welcome:
         """Admit a connecting socket; its welcome runs once the client is connected.
 
         Raises the refusal (a GatewayError) after undoing whatever was done."""
@@ -124,7 +145,7 @@ class Admission:
             except MissingCredentials:
                 if not self._config.deferred_auth:
                     raise
-                return self._admit_pending(sid, addr)
+                return self._admit_pending(sid)
             if kind == "session":
                 welcome = await self._admit_session(sid, fields["sessionId"], fields["wsToken"])
             else:
@@ -132,6 +153,7 @@ class Admission:
             conn = self._realtime.get(sid)
             if conn is not None and conn.close_order is not None:
                 raise ClosedWhileConnecting(conn.close_order)
+            self._authenticated(self._realtime.eio_sid(sid))
             return welcome
         except GatewayError:
             await self.leave(sid)
@@ -191,7 +213,7 @@ class Admission:
         verified = await self._verify(conn.sid, kind, fields)
         principal = verified.principal
         if conn.pending:
-            self._end_pending(conn)
+            self._authenticated(self._realtime.eio_sid(conn.sid))
         conn.via = kind
         self._realtime.register(conn)
         self._metrics.connected_sockets.inc()
@@ -233,38 +255,72 @@ class Admission:
 
         return welcome
 
-    # -- sockets waiting to authenticate ------------------------------------------
+    # -- sessions waiting to authenticate --------------------------------------------
 
-    def _admit_pending(self, sid: str, addr: str) -> Welcome:
-        """PROTOCOL §6.6: a socket without credentials waits for ``authenticate``,
-        joined to no room, at most ``max_pending_per_ip`` per address."""
-        if self._pending_by_addr.get(addr, 0) >= self._config.max_pending_per_ip:
-            raise RateLimited("too many sockets waiting to authenticate from this address")
-        self._pending_by_addr[addr] = self._pending_by_addr.get(addr, 0) + 1
-        deadline = time.time() + self._config.auth_timeout
-        conn = Conn(sid=sid, via="pending", expires_at=deadline, addr=addr)
-        conn.timer = self._realtime.scheduler.at(deadline, lambda: self._auth_timeout(sid))
-        self._realtime.register(conn)
+    def engine_opened(self, eio_sid: str, addr: str) -> bool:
+        """A new Engine.IO session from ``addr``: it counts against
+        ``max_pending_per_ip`` until it is authenticated, and is closed at
+        ``auth_timeout`` if it has not been by then. False (refused) when the
+        address already holds that many sessions that never sent the Socket.IO
+        CONNECT."""
+        if self.unconnected_full(addr):
+            logger.info("refused an Engine.IO session: too many unauthenticated ones from one address")
+            return False
+        timer = self._realtime.scheduler.at(time.time() + self._config.auth_timeout, lambda: self._timeout(eio_sid))
+        self._waiting[eio_sid] = _Waiting(addr=addr, timer=timer)
+        self._waiting_by_addr[addr] += 1
+        self._unconnected_by_addr[addr] += 1
         self._metrics.pending_sockets.inc()
+        return True
+
+    def unconnected_full(self, addr: str) -> bool:
+        """Does ``addr`` hold ``max_pending_per_ip`` sessions that never sent CONNECT?"""
+        return self._unconnected_by_addr[addr] >= self._config.max_pending_per_ip
+
+    def engine_closed(self, eio_sid: str) -> None:
+        self._authenticated(eio_sid)
+
+    def _authenticated(self, eio_sid: str | None) -> None:
+        """The session no longer waits (authenticated, or gone): release its count and timer."""
+        waiting = self._waiting.pop(eio_sid, None) if eio_sid is not None else None
+        if waiting is None:
+            return
+        self._realtime.scheduler.cancel(waiting.timer)
+        _decrement(self._waiting_by_addr, waiting.addr)
+        if waiting.sid is None:
+            _decrement(self._unconnected_by_addr, waiting.addr)
+        self._metrics.pending_sockets.dec()
+
+    def _admit_pending(self, sid: str) -> Welcome:
+        """PROTOCOL §6.6: a socket without credentials waits for ``authenticate``,
+        joined to no room, at most ``max_pending_per_ip`` per address (its own
+        session counts already)."""
+        eio_sid = self._realtime.eio_sid(sid)
+        waiting = self._waiting.get(eio_sid) if eio_sid is not None else None
+        if waiting is None:
+            raise RateLimited("this session can no longer authenticate")  # timed out meanwhile
+        if self._waiting_by_addr[waiting.addr] > self._config.max_pending_per_ip:
+            raise RateLimited("too many sockets waiting to authenticate from this address")
+        waiting.sid = sid
+        _decrement(self._unconnected_by_addr, waiting.addr)
+        self._realtime.scheduler.cancel(waiting.timer)
+        deadline = time.time() + self._config.auth_timeout
+        waiting.timer = self._realtime.scheduler.at(deadline, lambda: self._timeout(eio_sid))
+        self._realtime.register(Conn(sid=sid, via="pending", expires_at=deadline))
         logger.info("connect sid=%s pending authenticate", sid)
         return _nothing  # a pending socket is told nothing until it authenticates
 
-    def _end_pending(self, conn: Conn) -> None:
-        self._realtime.scheduler.cancel(conn.timer)
-        conn.timer = None
-        if conn.addr is not None:
-            left = self._pending_by_addr.get(conn.addr, 1) - 1
-            if left > 0:
-                self._pending_by_addr[conn.addr] = left
-            else:
-                self._pending_by_addr.pop(conn.addr, None)
-        self._metrics.pending_sockets.dec()
-
-    async def _auth_timeout(self, sid: str) -> None:
-        conn = self._realtime.get(sid)
-        if conn is not None and conn.pending:
-            logger.info("closing sid=%s reason=auth_timeout", sid)
-            await self._realtime.close(sid, closes.AUTH_TIMEOUT)
+    async def _timeout(self, eio_sid: str | None) -> None:
+        waiting = self._waiting.get(eio_sid) if eio_sid is not None else None
+        if waiting is None or eio_sid is None:
+            return
+        if waiting.sid is not None:
+            logger.info("closing sid=%s reason=auth_timeout", waiting.sid)
+            await self._realtime.close(waiting.sid, closes.AUTH_TIMEOUT)
+        else:
+            logger.info("closing an Engine.IO session that never connected within auth_timeout")
+            self._authenticated(eio_sid)
+            await self._realtime.drop_engine(eio_sid)
 
     # -- authenticate, refresh, per-message tokens ------------------------------------
 
@@ -340,9 +396,7 @@ class Admission:
         conn = self._realtime.forget(sid)
         if conn is None:
             return False
-        if conn.pending:
-            self._end_pending(conn)
-        else:
+        if not conn.pending:
             self._metrics.connected_sockets.dec()
             await self._lifetime.stop(conn)
         return True

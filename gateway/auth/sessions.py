@@ -149,14 +149,13 @@ class SessionService:
 
     async def initiate(self, user_id: str) -> Initiated:
         devices = await self._store.members(keys.user_devices(user_id))
-        # autoPassword: the OTP of the user's newest device. An unknown user
-        # gets a random one of the same shape (no enumeration) and a session
-        # no device can approve.
-        otp = f"{secrets.randbelow(10**TOTP_DIGITS):0{TOTP_DIGITS}d}"
-        if devices:
-            device = await self._store.get_record(keys.device(devices[-1]))
-            if device is not None:
-                otp = pyotp.TOTP(device["totpSecret"]).now()
+        # autoPassword: the OTP of the user's newest device. An unknown user gets
+        # one of the same shape from a random secret, and a session no device can
+        # approve. Both paths do the same work (a device read, which misses for a
+        # random id, and a TOTP), so their timing does not tell users apart.
+        device = await self._store.get_record(keys.device(devices[-1] if devices else secrets.token_urlsafe(16)))
+        secret = device["totpSecret"] if device is not None else pyotp.random_base32(32)
+        otp = pyotp.TOTP(secret).now()
         session_id = secrets.token_urlsafe(18)
         expires_at = time.time() + self._config.session_ttl
         random = secrets.token_hex(8)

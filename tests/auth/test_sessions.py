@@ -502,3 +502,48 @@ async def test_session_socket_is_in_the_session_room_only(gateway: Gateway, prob
     await gateway.publish(f"session:{session['sessionId']}", "to_session", {"room": f"session:{session['sessionId']}"})
     assert await browser.wait_for("to_session") == {"room": f"session:{session['sessionId']}"}
     assert browser.named("to_user") == []
+
+
+class _Recording:
+    """Records the operations the sessions service asks of the store, and the key
+    kinds they touch (``device:…`` -> ``device``); everything else is the real store."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.calls: list[tuple[str, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._store, name)
+
+        async def recorded(key: str, *args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, key.partition(":")[0]))
+            return await method(key, *args, **kwargs)
+
+        return recorded
+
+
+async def test_initiate_does_the_same_work_for_known_and_unknown_users(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No enumeration by timing (issue #11): a user with a device and an unknown
+    user cost the same store operations, on the same kinds of keys, and one TOTP each."""
+    await enrolled(gateway, "alice")
+    sessions = gateway.app[keys.sessions]
+    recording = _Recording(sessions._store)
+    monkeypatch.setattr(sessions, "_store", recording)
+    totps: list[str] = []
+    real_totp = pyotp.TOTP
+
+    def counted_totp(secret: str) -> pyotp.TOTP:
+        totps.append(secret)
+        return real_totp(secret)
+
+    monkeypatch.setattr("gateway.auth.sessions.pyotp.TOTP", counted_totp)
+    work = {}
+    for user in ("alice", "nobody"):
+        recording.calls.clear()
+        totps.clear()
+        await sessions.initiate(user)
+        work[user] = (list(recording.calls), len(totps))
+    assert work["alice"] == work["nobody"]
+    assert work["alice"] == ([("members", "user_devices"), ("get_record", "device"), ("create_record", "session")], 1)

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.auth.tokens import TokenService
 from gateway.config import load_config
-from tests.cluster.conftest import ADMIN_TOKEN
+from tests.cluster.conftest import ADMIN_TOKEN, start_nodes
 from tests.support import (
     ROOT,
     GatewayProcess,
@@ -58,9 +58,9 @@ def adapt_example(text: str, *, port: int, nodes: Nodes, workdir: Path) -> str:
 class Nginx:
     """The real nginx, running the operator example from a scratch directory."""
 
-    def __init__(self, workdir: Path, nodes: Nodes) -> None:
+    def __init__(self, workdir: Path, nodes: Nodes, *, port: int) -> None:
         self.workdir = workdir
-        self.port = free_port()
+        self.port = port
         self.conf = workdir / "nginx.conf"
         self.conf.write_text(adapt_example(EXAMPLE.read_text(), port=self.port, nodes=nodes, workdir=workdir))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -104,10 +104,23 @@ class Nginx:
 
 
 @pytest.fixture
-def nginx(two_nodes: Nodes, tmp_path: Path) -> Iterator[Nginx]:
+def nginx_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+async def proxied_nodes(
+    cluster_settings: dict[str, Any], gateway_process: Callable[..., GatewayProcess], nginx_port: int
+) -> Nodes:
+    """Nodes a and b as deploy/nginx.conf says: their public_url is nginx's."""
+    return await start_nodes(gateway_process, cluster_settings, public_url=f"http://127.0.0.1:{nginx_port}")
+
+
+@pytest.fixture
+def nginx(proxied_nodes: Nodes, tmp_path: Path, nginx_port: int) -> Iterator[Nginx]:
     workdir = tmp_path / "nginx"
     workdir.mkdir()
-    server = Nginx(workdir, two_nodes)
+    server = Nginx(workdir, proxied_nodes, port=nginx_port)
     server.start()
     yield server
     server.stop()
@@ -127,7 +140,7 @@ async def host_and_other(nodes: Nodes) -> tuple[GatewayProcess, GatewayProcess]:
 
 
 async def test_polling_client_upgrades_through_nginx_and_hears_the_other_node(
-    nginx: Nginx, two_nodes: Nodes, mint: Callable[[str], str], probes: Callable[[], Probe]
+    nginx: Nginx, proxied_nodes: Nodes, mint: Callable[[str], str], probes: Callable[[], Probe]
 ) -> None:
     """socket.io-client's default: long-polling first, then the WebSocket upgrade;
     every request of the session must reach the same node (ip_hash)."""
@@ -142,7 +155,7 @@ async def test_polling_client_upgrades_through_nginx_and_hears_the_other_node(
         assert time.monotonic() < deadline, "no WebSocket upgrade through nginx"
         await asyncio.sleep(0.05)
 
-    _, other = await host_and_other(two_nodes)
+    _, other = await host_and_other(proxied_nodes)
     await publish(other.url, ADMIN_TOKEN, "user:alice", "invoice_paid", {"id": 7})
     assert await probe.wait_for("invoice_paid") == {"id": 7}
     assert probe.client.connected
@@ -151,12 +164,12 @@ async def test_polling_client_upgrades_through_nginx_and_hears_the_other_node(
 
 
 async def test_websocket_only_client_through_nginx(
-    nginx: Nginx, two_nodes: Nodes, mint: Callable[[str], str], probes: Callable[[], Probe]
+    nginx: Nginx, proxied_nodes: Nodes, mint: Callable[[str], str], probes: Callable[[], Probe]
 ) -> None:
     probe = probes()
     assert await probe.connect(nginx.url, auth={"token": mint("bob")}, transports=("websocket",))
     assert (await probe.wait_for("authenticated"))["sub"] == "bob"
-    _, other = await host_and_other(two_nodes)
+    _, other = await host_and_other(proxied_nodes)
     await publish(other.url, ADMIN_TOKEN, "user:bob", "note", "from the other node")
     await publish(nginx.url, ADMIN_TOKEN, "user:bob", "note", "through nginx")
     await probe.wait_for("note", count=2)
@@ -166,8 +179,8 @@ async def test_websocket_only_client_through_nginx(
 async def test_same_origin_page_is_accepted_through_nginx(
     nginx: Nginx, mint: Callable[[str], str], probes: Callable[[], Probe]
 ) -> None:
-    """The page is served from nginx's origin (with a port): the node must see
-    that same origin in Host, which the example's Host header provides."""
+    """The page is served from nginx's origin (with a port), which is the nodes'
+    public_url, as the example's comment says to configure it."""
     for transports in (("polling", "websocket"), ("websocket",)):
         page = probes()
         ok = await page.connect(
