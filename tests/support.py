@@ -322,6 +322,26 @@ async def issue_ticket(url: str, token: str) -> str:
     return str(body["ticket"])
 
 
+async def refused_everywhere(url: str, token: str, reason: str) -> None:
+    """``token`` is refused with ``reason`` at every door of the gateway at ``url``:
+    a connect (``connect_error`` 4001), ``authenticate`` on a pending socket (ack
+    4001) and ``POST /ws/ticket`` (401)."""
+    refused = Probe()
+    pending = Probe()
+    try:
+        assert not await refused.connect(url, auth={"token": token}), "connected"
+        assert refused.connect_error["data"] == {"code": 4001, "reason": reason}, refused.connect_error
+        assert not refused.named("authenticated")
+        assert await pending.connect(url, auth={})
+        ack = await pending.call("authenticate", {"token": token})
+        assert ack == {"ok": False, "error": {"code": 4001, "reason": reason}}, ack
+    finally:
+        await refused.close()
+        await pending.close()
+    status, body, _ = await http_json("POST", f"{url}/ws/ticket", token=token)
+    assert status == 401 and body["error"]["code"] == reason, (status, body)
+
+
 Nodes = tuple[GatewayProcess, GatewayProcess]
 
 
@@ -469,16 +489,16 @@ class JwksServer:
     def uri(self) -> str:
         return str(self.server.make_url("/jwks.json"))
 
-    def token(self, key: jwk.JWK | None = None, *, kid: str | None = None, **claims: Any) -> str:
-        """A token as the issuer signs them: ES256 with ``key`` (default: the first one
-        it publishes), ``kid`` (default: the key's own) in the header, for sub ivy,
-        valid 300 s; ``claims`` override those (a claim given as None is left out)."""
+    def token(self, key: jwk.JWK | None = None, *, kid: str | None = None, alg: str = "ES256", **claims: Any) -> str:
+        """A token as the issuer signs them: ``alg`` (ES256) with ``key`` (default: the
+        first one it publishes), ``kid`` (default: the key's own) in the header, for
+        sub ivy, valid 300 s; ``claims`` override those (a claim given as None is left out)."""
         key = self.keys[0] if key is None else key
         now = int(time.time())
         payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": "ivy", "iat": now, "exp": now + 300, **claims}
         payload = {name: value for name, value in payload.items() if value is not None}
         pem = key.export_to_pem(private_key=True, password=None)
-        return jwt.encode(payload, pem, algorithm="ES256", headers={"kid": kid or key["kid"]})
+        return jwt.encode(payload, pem, algorithm=alg, headers={"kid": kid or key["kid"]})
 
 
 class NodeScript:

@@ -16,7 +16,17 @@ from jwcrypto import jwk
 from gateway import keys
 from gateway.auth.tokens import JWKS_REFETCH_INTERVAL
 from tests.conftest import Gateway, MakeGateway
-from tests.support import AUDIENCE, ISSUER, JwksServer, Probe, http_json, issue_ticket
+from tests.support import (
+    AUDIENCE,
+    ISSUER,
+    JsClient,
+    JwksServer,
+    NodeScripts,
+    Probe,
+    http_json,
+    issue_ticket,
+    refused_everywhere,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -149,3 +159,54 @@ async def test_key_rotation_without_restart(
     stale = await connect(gateway, probes, jwks_server.token(first))
     assert stale.connect_error["data"] == INVALID_TOKEN
     assert jwks_server.fetches == 2
+
+
+# -- an alg that does not fit the key its kid names ----------------------------------------
+
+
+@pytest.fixture
+async def two_alg_gateway(make_gateway: MakeGateway, jwks_server: JwksServer) -> Gateway:
+    """An issuer allowing RS256 and ES256, its JWKS holding an EC key (k1) and an RSA key (r1)."""
+    jwks_server.keys.append(jwk.JWK.generate(kty="RSA", size=2048, kid="r1"))
+    issuer = {"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["RS256", "ES256"]}
+    return await make_gateway(issuers=[issuer])
+
+
+def mismatched_token(jwks_server: JwksServer, case: str) -> str:
+    ec, rsa = jwks_server.keys
+    if case == "ES256 with the kid of the RSA key":
+        return jwks_server.token(ec, kid=rsa["kid"])
+    return jwks_server.token(rsa, kid=ec["kid"], alg="RS256")
+
+
+MISMATCHES = ["ES256 with the kid of the RSA key", "RS256 with the kid of the EC key"]
+
+
+@pytest.mark.parametrize("case", MISMATCHES)
+async def test_alg_that_does_not_fit_its_key_is_refused_everywhere(
+    two_alg_gateway: Gateway, jwks_server: JwksServer, probes: Callable[[], Probe], case: str
+) -> None:
+    """PyJWT was handed a key of the wrong type and raised TypeError: HTTP 500 for a
+    ticket, and a connect that neither succeeded nor was refused."""
+    ec, rsa = jwks_server.keys
+    for fitting in (jwks_server.token(ec), jwks_server.token(rsa, alg="RS256")):  # both keys do work
+        assert (await (await connect(two_alg_gateway, probes, fitting)).wait_for("authenticated"))["sub"] == "ivy"
+    await refused_everywhere(two_alg_gateway.url, mismatched_token(jwks_server, case), "invalid_token")
+
+
+@pytest.mark.parametrize("transports", [None, ["websocket"]], ids=["polling", "websocket"])
+@pytest.mark.parametrize("case", MISMATCHES)
+async def test_alg_that_does_not_fit_its_key_reaches_js_as_connect_error(
+    two_alg_gateway: Gateway,
+    jwks_server: JwksServer,
+    node_scripts: NodeScripts,
+    case: str,
+    transports: list[str] | None,
+) -> None:
+    auth = {"token": mismatched_token(jwks_server, case)}
+    client = await node_scripts(
+        JsClient.connect(two_alg_gateway.url, auth=auth, transports=transports, until=["connect_error", "connect"])
+    )
+    lines = await client.finish()
+    assert [line["event"] for line in lines if line["event"] != "upgrade"] == ["open", "connect_error"], lines
+    assert lines[-1]["data"] == INVALID_TOKEN

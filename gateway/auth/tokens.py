@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwcrypto import jwk
 
 from gateway.config import Config, IssuerConfig
@@ -36,6 +37,11 @@ MAX_TOKEN_BYTES = 8 * 1024
 JWKS_REFETCH_INTERVAL = 30.0
 _MAX_JWKS_BYTES = 256 * 1024
 _RESERVED_CLAIMS = frozenset({"iss", "sub", "iat", "exp", "nbf", "jti"})
+# RFC 7518 §3.4: each ES* algorithm is ECDSA on one curve (cryptography's names).
+_EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1", "ES256K": "secp256k1"}
+_RSA_KEYS = (rsa.RSAPublicKey, rsa.RSAPrivateKey)
+_EC_KEYS = (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)
+_OKP_KEYS = (ed25519.Ed25519PublicKey, ed25519.Ed25519PrivateKey, ed448.Ed448PublicKey, ed448.Ed448PrivateKey)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,6 +106,18 @@ class JwksSource:
             await self.fetch()
         except Exception as exc:  # keep the old keys; the next allowed fetch retries
             logger.warning("jwks fetch for %s failed: %s", self.name, type(exc).__name__)
+
+
+def key_fits(alg: str, key: object) -> bool:
+    """Whether ``key`` (a PyJWK's ``key``) is of the type ``alg`` needs: RS*/PS* an
+    RSA key, ES* an EC key on that algorithm's curve, EdDSA an Ed25519/Ed448 key."""
+    if alg.startswith(("RS", "PS")):
+        return isinstance(key, _RSA_KEYS)
+    if alg in _EC_CURVES:
+        return isinstance(key, _EC_KEYS) and key.curve.name == _EC_CURVES[alg]
+    if alg == "EdDSA":
+        return isinstance(key, _OKP_KEYS)
+    return False
 
 
 def parse_jwks(document: object) -> dict[str | None, jwt.PyJWK]:
@@ -239,17 +257,39 @@ class TokenService:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             raise InvalidToken("malformed token") from None
+        except Exception as exc:  # PyJWT's own bugs must not become a 500
+            logger.warning("unexpected %s reading a token's header and claims", type(exc).__name__)
+            raise InvalidToken("malformed token") from None
         # Header fields jku/jwk/x5u are never consulted: keys come only from config.
         iss = unverified.get("iss")
         trust = self._trusted.get(iss) if isinstance(iss, str) else None
-        if trust is None:
+        if trust is None or not isinstance(iss, str):
             raise InvalidToken("untrusted issuer")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in trust.algorithms:
+            raise InvalidToken("algorithm not allowed for this issuer")
         kid = header.get("kid")
         key = await trust.source.key(kid if isinstance(kid, str) else None)
         if key is None:
             raise InvalidToken("unknown signing key")
+        # PyJWT is handed a key object, not a PEM: given one of another type than
+        # its alg needs it raises TypeError instead of a PyJWTError.
+        if not key_fits(alg, key.key):
+            raise InvalidToken("the signing key does not fit the token's algorithm")
+        claims = self._decode(token, key, trust, iss)
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise InvalidToken("sub must be a non-empty string")
+        iat = claims.get("iat")
+        return Principal(
+            sub=sub, exp=float(claims["exp"]), iat=float(iat) if isinstance(iat, int | float) else 0.0, claims=claims
+        )
+
+    def _decode(self, token: str, key: jwt.PyJWK, trust: _Trust, iss: str) -> dict[str, Any]:
+        """PyJWT's checks: signature, algorithm allowlist, exp/nbf/iat with the
+        leeway, iss, aud. Raises TokenExpired or InvalidToken, whatever PyJWT raised."""
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 key.key,
                 algorithms=list(trust.algorithms),
@@ -262,10 +302,10 @@ class TokenService:
             raise TokenExpired("token expired") from None
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"token rejected: {type(exc).__name__}") from None
-        sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub:
-            raise InvalidToken("sub must be a non-empty string")
-        iat = claims.get("iat")
-        return Principal(
-            sub=sub, exp=float(claims["exp"]), iat=float(iat) if isinstance(iat, int | float) else 0.0, claims=claims
-        )
+        except Exception as exc:
+            # Not a verdict on the token but a failure inside PyJWT (a key it cannot
+            # use, a bug): refuse the token rather than fail the request. Only the
+            # type is logged: an exception's text may quote the token.
+            logger.warning("unexpected %s verifying a token of %s (kid %s)", type(exc).__name__, iss, key.key_id)
+            raise InvalidToken("token rejected: verification failed") from None
+        return claims

@@ -6,8 +6,10 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -219,3 +221,82 @@ async def test_leeway_applies_to_the_iat_of_gateway_tokens() -> None:
     with pytest.raises(InvalidToken) as refused:
         await tokens.verify(token)
     assert type(refused.value) is InvalidToken
+
+
+# -- the token's alg must fit the key its kid names ------------------------------------
+
+MIXED_ALGORITHMS = ["RS256", "PS256", "ES256", "ES384", "EdDSA"]
+# Which key of the mixed issuer each algorithm is really meant for.
+FITTING = {"RS256": "rsa", "PS256": "rsa", "ES256": "p256", "ES384": "p384", "EdDSA": "ed25519"}
+
+
+@pytest.fixture
+def mixed_keys(tmp_path: Path) -> dict[str, jwk.JWK]:
+    return {
+        "rsa": jwk.JWK.generate(kty="RSA", size=2048, kid="rsa"),
+        "p256": jwk.JWK.generate(kty="EC", crv="P-256", kid="p256"),
+        "p384": jwk.JWK.generate(kty="EC", crv="P-384", kid="p384"),
+        "ed25519": jwk.JWK.generate(kty="OKP", crv="Ed25519", kid="ed25519"),
+    }
+
+
+def jwks_file_issuer(tmp_path: Path, keys: list[dict[str, Any]], algorithms: list[str]) -> dict[str, Any]:
+    """The settings of a trusted issuer whose JWKS file holds ``keys`` as given."""
+    path = tmp_path / "issuer.jwks.json"
+    path.write_text(json.dumps({"keys": keys}))
+    return {"iss": ISSUER, "jwks_file": str(path), "audience": AUDIENCE, "algorithms": algorithms}
+
+
+def mixed_service(tmp_path: Path, keys: dict[str, jwk.JWK]) -> TokenService:
+    public = [key.export_public(as_dict=True) for key in keys.values()]
+    return service(issuers=[jwks_file_issuer(tmp_path, public, MIXED_ALGORITHMS)])
+
+
+def signed(key: jwk.JWK, alg: str, *, kid: str | None = None, **claims: Any) -> str:
+    """An issuer token signed with ``key`` under ``alg``, naming ``kid`` (default: the key's own)."""
+    now = int(time.time())
+    payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": "ivy", "iat": now, "exp": now + 300, **claims}
+    pem = key.export_to_pem(private_key=True, password=None)
+    return jwt.encode(payload, pem, algorithm=alg, headers={"kid": kid or key["kid"]})
+
+
+@pytest.mark.parametrize("alg", MIXED_ALGORITHMS)
+async def test_each_alg_verifies_with_the_key_it_fits(tmp_path: Path, mixed_keys: dict[str, jwk.JWK], alg: str) -> None:
+    tokens = mixed_service(tmp_path, mixed_keys)
+    assert (await tokens.verify(signed(mixed_keys[FITTING[alg]], alg))).sub == "ivy"
+
+
+@pytest.mark.parametrize(
+    ("alg", "kid"),
+    [(alg, kid) for alg in MIXED_ALGORITHMS for kid in ("rsa", "p256", "p384", "ed25519") if kid != FITTING[alg]],
+)
+async def test_alg_that_does_not_fit_the_named_key_is_invalid_token(
+    tmp_path: Path, mixed_keys: dict[str, jwk.JWK], alg: str, kid: str
+) -> None:
+    """An issuer allowing several algorithms: a token whose header names an alg of
+    another key type (ES256 with the kid of an RSA key, RS256 with an EC kid, ...)
+    or another curve (ES384 with a P-256 kid) is refused as invalid_token. PyJWT
+    raised TypeError for the cross-type cases (an HTTP 500, a silent connect)."""
+    tokens = mixed_service(tmp_path, mixed_keys)
+    token = signed(mixed_keys[FITTING[alg]], alg, kid=kid)
+    with pytest.raises(InvalidToken) as refused:
+        await tokens.verify(token)
+    assert type(refused.value) is InvalidToken and refused.value.reason == "invalid_token"
+
+
+async def test_unexpected_failure_inside_pyjwt_is_invalid_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An issuer whose JWKS (wrongly) publishes an RSA private key: the key fits
+    RS256, but PyJWT's RSA verification expects a public key and raises
+    AttributeError. Whatever PyJWT raises, the token is refused as
+    invalid_token, and the log names the failure without the token."""
+    leaked = jwk.JWK.generate(kty="RSA", size=2048, kid="leaked")
+    issuer = jwks_file_issuer(tmp_path, [leaked.export(private_key=True, as_dict=True)], ["RS256"])
+    tokens = service(issuers=[issuer])
+    token = signed(leaked, "RS256")
+    with caplog.at_level(logging.WARNING, logger="gateway.auth.tokens"), pytest.raises(InvalidToken) as refused:
+        await tokens.verify(token)
+    assert type(refused.value) is InvalidToken and refused.value.reason == "invalid_token"
+    assert "AttributeError" in caplog.text
+    assert all(part not in caplog.text for part in token.split("."))
