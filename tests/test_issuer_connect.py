@@ -210,3 +210,18 @@ async def test_alg_that_does_not_fit_its_key_reaches_js_as_connect_error(
     lines = await client.finish()
     assert [line["event"] for line in lines if line["event"] != "upgrade"] == ["open", "connect_error"], lines
     assert lines[-1]["data"] == INVALID_TOKEN
+
+
+# -- time claims the gateway cannot represent ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [("exp", 1e20), ("exp", float("inf")), ("exp", float("nan")), ("exp", "9999999999"), ("iat", "0"), ("nbf", 1e20)],
+)
+async def test_time_claims_beyond_numbers_are_refused_everywhere(
+    gateway: Gateway, jwks_server: JwksServer, claim: str, value: object
+) -> None:
+    """A validly signed token with exp 1e20 connected, then the socket stayed
+    without `authenticated`, its events held (OverflowError writing expiresAt)."""
+    await refused_everywhere(gateway.url, jwks_server.token(**{claim: value}), "invalid_token")

@@ -28,6 +28,7 @@ from jwcrypto import jwk
 
 from gateway.config import Config, IssuerConfig
 from gateway.errors import ConfigError, InvalidToken, TokenExpired
+from gateway.formats import LAST_TIMESTAMP
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,20 @@ class JwksSource:
             await self.fetch()
         except Exception as exc:  # keep the old keys; the next allowed fetch retries
             logger.warning("jwks fetch for %s failed: %s", self.name, type(exc).__name__)
+
+
+def check_times(claims: Mapping[str, Any]) -> None:
+    """``exp``, ``iat`` and ``nbf``, where present, must be JSON numbers from 1970 to
+    9999-12-31T23:59:59Z, the last second an ``expiresAt`` can say: PyJWT reads
+    them with ``int()``, which takes a string, a boolean or 1e20, and Python's
+    json module adds NaN and Infinity. Raises InvalidToken."""
+    for name in ("exp", "iat", "nbf"):
+        if name not in claims:
+            continue
+        value = claims[name]
+        # bool is an int to Python, not a number to JSON; NaN fails both comparisons.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= LAST_TIMESTAMP:
+            raise InvalidToken(f"{name} must be a number of seconds from 1970 to 9999-12-31T23:59:59Z")
 
 
 def key_fits(alg: str, key: object) -> bool:
@@ -260,6 +275,7 @@ class TokenService:
         except Exception as exc:  # PyJWT's own bugs must not become a 500
             logger.warning("unexpected %s reading a token's header and claims", type(exc).__name__)
             raise InvalidToken("malformed token") from None
+        check_times(unverified)
         # Header fields jku/jwk/x5u are never consulted: keys come only from config.
         iss = unverified.get("iss")
         trust = self._trusted.get(iss) if isinstance(iss, str) else None

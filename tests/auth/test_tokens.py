@@ -300,3 +300,49 @@ async def test_unexpected_failure_inside_pyjwt_is_invalid_token(
     assert type(refused.value) is InvalidToken and refused.value.reason == "invalid_token"
     assert "AttributeError" in caplog.text
     assert all(part not in caplog.text for part in token.split("."))
+
+
+# -- time claims: finite numbers the gateway can represent ------------------------------
+
+LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z, the last time PROTOCOL §6.1 can write
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+@pytest.mark.parametrize(
+    "value",
+    [1e20, 10**20, LAST_SECOND + 1, float("inf"), float("-inf"), float("nan"), -1, "1700000000", True, None, [1], {}],
+    ids=["1e20", "10**20", "year-10000", "Infinity", "-Infinity", "NaN", "negative", "string", "true", "null", "list",
+         "object"],
+)  # fmt: skip
+async def test_time_claim_must_be_a_representable_number(claim: str, value: object) -> None:
+    """exp/iat/nbf must be JSON numbers between 1970 and 9999-12-31T23:59:59Z: a far-
+    future exp crashed the `authenticated` payload (OverflowError), a string exp was
+    read as a number by PyJWT. Refused as invalid_token, not token_expired."""
+    tokens = service()
+    now = time.time()
+    token, _ = tokens.mint("a", now=now)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    claims[claim] = value
+    forged = jwt.encode(claims, tokens._signer.key, algorithm="ES256", headers={"kid": tokens.kid})
+    with pytest.raises(InvalidToken) as refused:
+        await tokens.verify(forged)
+    assert type(refused.value) is InvalidToken and refused.value.reason == "invalid_token"
+
+
+@pytest.mark.parametrize("literal", ["1e400", "Infinity", "-Infinity", "NaN"])
+async def test_time_claim_json_literals_beyond_numbers(issuer: Issuer, literal: str) -> None:
+    """Python's json module reads these (1e400 as inf), JSON does not have them."""
+    tokens = service(issuers=[issuer.settings])
+    now = int(time.time())
+    payload = f'{{"iss": "{ISSUER}", "aud": "{AUDIENCE}", "sub": "ivy", "iat": {now}, "exp": {literal}}}'
+    pem = issuer.key.export_to_pem(private_key=True, password=None)
+    token = jwt.api_jws.encode(payload.encode(), pem, algorithm="RS256", headers={"kid": issuer.key["kid"]})
+    with pytest.raises(InvalidToken) as refused:
+        await tokens.verify(token)
+    assert type(refused.value) is InvalidToken
+
+
+async def test_time_claims_up_to_the_last_representable_second(issuer: Issuer) -> None:
+    tokens = service(issuers=[issuer.settings])
+    principal = await tokens.verify(issuer.token(exp=LAST_SECOND, iat=0, nbf=0.5))
+    assert principal.exp == LAST_SECOND and principal.iat == 0

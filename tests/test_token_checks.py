@@ -1,0 +1,43 @@
+"""The checks of an access JWT are the same at every door (PROTOCOL §3 connect,
+`authenticate`, §2 `POST /ws/ticket`, and a ticket's consumption), on both engines:
+time claims the gateway can represent."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import Gateway
+from tests.support import Probe, issue_ticket, refused_everywhere
+
+pytestmark = pytest.mark.timeout(60)
+
+LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z
+
+
+async def authenticated(gateway: Gateway, probes: Callable[[], Probe], auth: dict[str, str]) -> dict[str, str]:
+    probe = probes()
+    assert await probe.connect(gateway.url, auth=auth), probe.connect_error
+    data: dict[str, str] = await probe.wait_for("authenticated")
+    return data
+
+
+async def test_a_far_future_exp_is_refused_everywhere(gateway: Gateway) -> None:
+    """exp 1e20, validly signed: the connect used to succeed and then crash writing
+    `expiresAt`, leaving a socket without `authenticated` whose events were held."""
+    await refused_everywhere(gateway.url, gateway.mint("alice", ttl=1e20), "invalid_token")
+
+
+async def test_the_last_representable_second_works_everywhere(gateway: Gateway, probes: Callable[[], Probe]) -> None:
+    now = int(time.time())
+    token = gateway.mint("alice", ttl=LAST_SECOND - now, now=now)
+    expected = "9999-12-31T23:59:59Z"
+    assert (await authenticated(gateway, probes, {"token": token}))["expiresAt"] == expected
+    ticket = await issue_ticket(gateway.url, token)
+    assert (await authenticated(gateway, probes, {"ticket": ticket}))["expiresAt"] == expected
+    pending = probes()
+    assert await pending.connect(gateway.url, auth={})
+    ack = await pending.call("authenticate", {"token": token})
+    assert ack["ok"] is True and ack["expiresAt"] == expected, ack
