@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.formats import iso_z
+from gateway.formats import is_canonical_b64url, iso_z
 
 
 @pytest.mark.parametrize(
@@ -34,3 +34,26 @@ def test_iso_z_clamps_to_what_it_can_write(ts: float, text: str) -> None:
     """The domain accepts exp up to 9999-12-31T23:59:59Z and adds to it (the
     re-authentication deadline): iso_z writes the nearest time it can, never raises."""
     assert iso_z(ts) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("", True),
+        ("AA", True),  # one byte
+        ("AAE", True),  # two bytes
+        ("AAAA", True),
+        ("-_-_", True),
+        ("AB", False),  # unused low bits set: the same byte as "AA"
+        ("AAF", False),
+        ("AA==", False),  # padding
+        ("A", False),  # 1 mod 4: no whole byte
+        ("AAAAA", False),
+        ("+/+/", False),  # the standard alphabet
+        ("AA AA", False),
+        ("AAAA\n", False),
+        ("ÄÄÄÄ", False),
+    ],
+)
+def test_one_base64url_spelling(text: str, canonical: bool) -> None:
+    assert is_canonical_b64url(text) is canonical

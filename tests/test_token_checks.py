@@ -1,6 +1,6 @@
 """The checks of an access JWT are the same at every door (PROTOCOL §3 connect,
 `authenticate`, §2 `POST /ws/ticket`, and a ticket's consumption), on both engines:
-time claims the gateway can represent."""
+time claims the gateway can represent, one spelling per token."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.conftest import Gateway
-from tests.support import Probe, issue_ticket, refused_everywhere
+from tests.support import Probe, http_json, issue_ticket, refused_everywhere
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,3 +41,11 @@ async def test_the_last_representable_second_works_everywhere(gateway: Gateway, 
     assert await pending.connect(gateway.url, auth={})
     ack = await pending.call("authenticate", {"token": token})
     assert ack["ok"] is True and ack["expiresAt"] == expected, ack
+
+
+async def test_a_padded_signature_is_another_spelling_and_refused(gateway: Gateway) -> None:
+    """PyJWT accepts `==` after the signature: two strings would be one token."""
+    token = gateway.mint("alice")
+    status, _, _ = await http_json("POST", f"{gateway.url}/ws/ticket", token=token)
+    assert status == 201
+    await refused_everywhere(gateway.url, token + "==", "invalid_token")

@@ -28,7 +28,7 @@ from jwcrypto import jwk
 
 from gateway.config import Config, IssuerConfig
 from gateway.errors import ConfigError, InvalidToken, TokenExpired
-from gateway.formats import LAST_TIMESTAMP
+from gateway.formats import LAST_TIMESTAMP, is_canonical_b64url
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,17 @@ class JwksSource:
             await self.fetch()
         except Exception as exc:  # keep the old keys; the next allowed fetch retries
             logger.warning("jwks fetch for %s failed: %s", self.name, type(exc).__name__)
+
+
+def check_spelling(token: str) -> None:
+    """A compact JWS has one spelling: three segments, each canonical base64url.
+    PyJWT also takes ``=`` padding (and older versions more), which would make
+    two strings of one token. Raises InvalidToken."""
+    segments = token.split(".")
+    if len(segments) != 3:
+        raise InvalidToken("malformed token: a JWT has three segments")
+    if not all(is_canonical_b64url(segment) for segment in segments):
+        raise InvalidToken("malformed token: not canonical base64url")
 
 
 def check_times(claims: Mapping[str, Any]) -> None:
@@ -267,6 +278,7 @@ class TokenService:
             raise InvalidToken("token must be a non-empty string")
         if len(token) > MAX_TOKEN_BYTES:
             raise InvalidToken("token too large")
+        check_spelling(token)
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import secrets
+import string
 import time
 from pathlib import Path
 from typing import Any
@@ -346,3 +348,84 @@ async def test_time_claims_up_to_the_last_representable_second(issuer: Issuer) -
     tokens = service(issuers=[issuer.settings])
     principal = await tokens.verify(issuer.token(exp=LAST_SECOND, iat=0, nbf=0.5))
     assert principal.exp == LAST_SECOND and principal.iat == 0
+
+
+# -- one spelling per token: canonical base64url ------------------------------------------
+
+
+def _every_segment_has_spare_bits(issuer: Issuer) -> str:
+    """A valid issuer token whose three segments all end in a character with unused
+    low bits (length 2 or 3 mod 4), and whose signature has - or _ in it."""
+    pem = issuer.key.export_to_pem(private_key=True, password=None)
+    now = int(time.time())
+    for _ in range(20):
+        for header_pad, claim_pad in itertools.product(range(4), range(4)):
+            payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": "ivy", "exp": now + 300, "pad": "p" * claim_pad}
+            headers = {"kid": issuer.key["kid"], "x": "y" * header_pad}
+            token = jwt.encode(payload, pem, algorithm="RS256", headers=headers)
+            segments = token.split(".")
+            if all(len(s) % 4 in (2, 3) for s in segments) and set("-_") & set(segments[2]):
+                return token
+        now += 1  # another signature
+    raise AssertionError("no such token")
+
+
+_ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+
+
+def _spare_bits_set(segment: str) -> str:
+    """The same bytes spelled with the unused low bits of the last character set."""
+    spare = 0b1111 if len(segment) % 4 == 2 else 0b11
+    return segment[:-1] + _ALPHABET[_ALPHABET.index(segment[-1]) | spare]
+
+
+def _respell(token: str, how: str) -> str:
+    header, payload, signature = token.split(".")
+    spellings = {
+        "padding on the signature": f"{header}.{payload}.{signature}==",
+        "one = on the signature": f"{header}.{payload}.{signature}=",
+        "padding on the header": f"{header}{'=' * (-len(header) % 4)}.{payload}.{signature}",
+        "padding on the payload": f"{header}.{payload}{'=' * (-len(payload) % 4)}.{signature}",
+        "spare bits in the header": f"{_spare_bits_set(header)}.{payload}.{signature}",
+        "spare bits in the payload": f"{header}.{_spare_bits_set(payload)}.{signature}",
+        "spare bits in the signature": f"{header}.{payload}.{_spare_bits_set(signature)}",
+        "standard base64 alphabet": f"{header}.{payload}.{signature.replace('-', '+').replace('_', '/')}",
+        "a length of 1 mod 4": f"{header}.{payload}.{signature}AAA",
+        "a trailing newline": f"{token}\n",
+        "a leading space": f" {token}",
+        "a space inside": f"{header}.{payload}.{signature[:10]} {signature[10:]}",
+        "a fourth segment": f"{token}.",
+    }
+    respelled = spellings[how]
+    assert respelled != token
+    return respelled
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "padding on the signature",
+        "one = on the signature",
+        "padding on the header",
+        "padding on the payload",
+        "spare bits in the header",
+        "spare bits in the payload",
+        "spare bits in the signature",
+        "standard base64 alphabet",
+        "a length of 1 mod 4",
+        "a trailing newline",
+        "a leading space",
+        "a space inside",
+        "a fourth segment",
+    ],
+)
+async def test_another_spelling_of_a_valid_token_is_invalid_token(issuer: Issuer, how: str) -> None:
+    """A JWT has one spelling: base64url without padding, no other characters, the
+    unused bits of the last character zero. PyJWT accepted, for one, the token
+    with == after its signature, which made two different strings of one token."""
+    tokens = service(issuers=[issuer.settings])
+    token = _every_segment_has_spare_bits(issuer)
+    assert (await tokens.verify(token)).sub == "ivy"
+    with pytest.raises(InvalidToken) as refused:
+        await tokens.verify(_respell(token, how))
+    assert type(refused.value) is InvalidToken and refused.value.reason == "invalid_token"
