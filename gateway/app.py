@@ -65,7 +65,7 @@ def create_app(config: Config) -> web.Application:
     realtime = Realtime(
         sio=sio, scheduler=Scheduler(), max_held=config.max_held_events, on_drop=metrics.held_events_dropped.inc
     )
-    tickets = TicketService(store=store, ttl=config.ticket_ttl)
+    tickets = TicketService(store=store, ttl=config.ticket_ttl, leeway=config.leeway)
     sessions = SessionService(config=config, store=store, tokens=tokens, realtime=realtime)
     refresh = RefreshService(store=store, realtime=realtime, ttl=config.refresh_ttl)
     lifetime = Lifetime(config=config, store=store, refresh=refresh, realtime=realtime, metrics=metrics)

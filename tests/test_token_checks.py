@@ -1,6 +1,6 @@
 """The checks of an access JWT are the same at every door (PROTOCOL §3 connect,
 `authenticate`, §2 `POST /ws/ticket`, and a ticket's consumption), on both engines:
-time claims the gateway can represent, one spelling per token."""
+time claims the gateway can represent, one spelling per token, one leeway."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import Gateway
+from tests.conftest import Gateway, MakeGateway
 from tests.support import Probe, http_json, issue_ticket, refused_everywhere
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,3 +49,32 @@ async def test_a_padded_signature_is_another_spelling_and_refused(gateway: Gatew
     status, _, _ = await http_json("POST", f"{gateway.url}/ws/ticket", token=token)
     assert status == 201
     await refused_everywhere(gateway.url, token + "==", "invalid_token")
+
+
+def minted_past_exp(gateway: Gateway, seconds: int) -> str:
+    """A token whose exp is ``seconds`` ago (give or take half a second)."""
+    exp = round(time.time()) - seconds
+    return gateway.mint("lee", ttl=60, now=exp - 60)
+
+
+async def test_a_token_within_the_leeway_gets_a_ticket_that_connects(
+    make_gateway: MakeGateway, probes: Callable[[], Probe]
+) -> None:
+    """One leeway wherever a token's validity is judged: a token 3 s past its exp
+    (leeway 5) connected, yet `POST /ws/ticket` refused it, and a ticket's
+    consumption compared the exp without the leeway too."""
+    gateway = await make_gateway(leeway=5)
+    token = minted_past_exp(gateway, 3)
+    status, body, _ = await http_json("POST", f"{gateway.url}/ws/ticket", token=token)
+    assert status == 201, body
+    assert body["expires"] <= round(time.time()) + 3  # never past exp + leeway
+    assert (await authenticated(gateway, probes, {"ticket": body["ticket"]}))["via"] == "ticket"
+    assert (await authenticated(gateway, probes, {"token": token}))["via"] == "token"
+    pending = probes()
+    assert await pending.connect(gateway.url, auth={})
+    assert (await pending.call("authenticate", {"token": token}))["ok"] is True
+
+
+async def test_a_token_beyond_the_leeway_is_refused_everywhere(make_gateway: MakeGateway) -> None:
+    gateway = await make_gateway(leeway=5)
+    await refused_everywhere(gateway.url, minted_past_exp(gateway, 6), "token_expired")
