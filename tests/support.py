@@ -459,18 +459,29 @@ class RawSocketIO:
 
 class JwksServer:
     """A trusted issuer over real HTTP on 127.0.0.1: a rotatable ES256 JWKS (kid k1
-    to start with) that counts its fetches, and the issuer's token signing."""
+    to start with) that counts its fetches, and the issuer's token signing.
+
+    ``cache_control``, when set, is sent as the JWKS response's Cache-Control
+    header; while ``failing`` is true the JWKS is answered 503 (the issuer is
+    up but broken)."""
 
     def __init__(self) -> None:
         self.keys = [jwk.JWK.generate(kty="EC", crv="P-256", kid="k1")]
         self.fetches = 0
+        self.cache_control: str | None = None
+        self.failing = False
         app = web.Application()
         app.router.add_get("/jwks.json", self._jwks)
         self.server = TestServer(app, host="127.0.0.1")
 
     async def _jwks(self, request: web.Request) -> web.Response:
         self.fetches += 1
-        return web.json_response({"keys": [k.export_public(as_dict=True) for k in self.keys]})
+        if self.failing:
+            return web.json_response({"error": "unavailable"}, status=503)
+        response = web.json_response({"keys": [k.export_public(as_dict=True) for k in self.keys]})
+        if self.cache_control is not None:
+            response.headers["Cache-Control"] = self.cache_control
+        return response
 
     async def start(self) -> None:
         await self.server.start_server()

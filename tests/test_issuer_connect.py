@@ -6,15 +6,21 @@ foreign tokens are refused; a key rotation is picked up without a restart."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import jwt
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from jwcrypto import jwk
 
 from gateway import keys
+from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.auth.tokens import JWKS_REFETCH_INTERVAL
+from gateway.config import load_config
 from tests.conftest import Gateway, MakeGateway
 from tests.support import (
     AUDIENCE,
@@ -225,3 +231,70 @@ async def test_time_claims_beyond_numbers_are_refused_everywhere(
     """A validly signed token with exp 1e20 connected, then the socket stayed
     without `authenticated`, its events held (OverflowError writing expiresAt)."""
     await refused_everywhere(gateway.url, jwks_server.token(**{claim: value}), "invalid_token")
+
+
+# -- the issuer's key set is refreshed in the background --------------------------------------
+
+
+async def serve(app: web.Application) -> AsyncIterator[TestServer]:
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(**RUNNER_OPTIONS)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def refreshing(jwks_server: JwksServer) -> AsyncIterator[Gateway]:
+    """A gateway trusting ``jwks_server``, which says ``Cache-Control: max-age=1``,
+    with the lower bound of the refresh interval (60 s) lowered to 0.5 s."""
+    jwks_server.cache_control = "max-age=1"
+    jwks_server.keys.append(jwk.JWK.generate(kty="EC", crv="P-256", kid="k2"))
+    issuer = {"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["ES256"]}
+    app = create_app(load_config(environ={}, flags={"issuers": [issuer]}), jwks_min_refresh=0.5)
+    async for server in serve(app):
+        yield Gateway(app=app, server=server)
+
+
+async def test_a_removed_key_stops_working_once_the_key_set_is_refreshed(
+    refreshing: Gateway, jwks_server: JwksServer, probes: Callable[[], Probe]
+) -> None:
+    """A key the issuer no longer publishes used to stay trusted until some unknown
+    kid caused a refetch: now the key set is refreshed after its max-age."""
+    first, second = jwks_server.keys
+    assert (await (await connect(refreshing, probes, jwks_server.token(first))).wait_for("authenticated"))["sub"]
+    jwks_server.keys.remove(first)
+    fetched = jwks_server.fetches
+    await wait_until(lambda: jwks_server.fetches >= fetched + 2)  # a whole refresh after the removal
+    stale = await connect(refreshing, probes, jwks_server.token(first))
+    assert stale.connect_error["data"] == INVALID_TOKEN
+    fresh = await connect(refreshing, probes, jwks_server.token(second, sub="kept"))
+    assert (await fresh.wait_for("authenticated"))["sub"] == "kept"
+
+
+async def test_a_failing_refresh_keeps_the_keys_and_retries(
+    refreshing: Gateway, jwks_server: JwksServer, probes: Callable[[], Probe], caplog: pytest.LogCaptureFixture
+) -> None:
+    first = jwks_server.keys[0]
+    assert await (await connect(refreshing, probes, jwks_server.token(first))).wait_for("authenticated")
+    caplog.set_level(logging.WARNING, logger="gateway.auth.tokens")
+    jwks_server.failing = True
+    fetched = jwks_server.fetches
+    await wait_until(lambda: jwks_server.fetches >= fetched + 2)  # refreshes fail, and are retried
+    assert f"jwks fetch for {ISSUER} failed" in caplog.text
+    kept = await connect(refreshing, probes, jwks_server.token(first, sub="kept"))
+    assert (await kept.wait_for("authenticated"))["sub"] == "kept"
+    # The issuer recovers: the next refresh succeeds and drops the removed key.
+    jwks_server.keys.remove(first)
+    jwks_server.failing = False
+    fetched = jwks_server.fetches
+    await wait_until(lambda: jwks_server.fetches >= fetched + 2)
+    stale = await connect(refreshing, probes, jwks_server.token(first))
+    assert stale.connect_error["data"] == INVALID_TOKEN

@@ -429,3 +429,70 @@ async def test_another_spelling_of_a_valid_token_is_invalid_token(issuer: Issuer
     with pytest.raises(InvalidToken) as refused:
         await tokens.verify(_respell(token, how))
     assert type(refused.value) is InvalidToken and refused.value.reason == "invalid_token"
+
+
+# -- the key set of a jwks_uri issuer has a lifetime --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "interval"),
+    [
+        (None, 600),  # no header: 10 min
+        ("public, max-age=120", 120),
+        ('max-age="300"', 300),
+        ("max-age=1", 60),  # at least 60 s
+        ("max-age=0", 60),
+        ("no-store", 60),
+        ("no-cache", 60),
+        ("max-age=999999", 86400),  # at most 24 h
+        ("max-age=soon", 600),  # unreadable: as if absent
+        ("s-maxage=120", 600),  # for shared caches, not for us
+    ],
+)
+async def test_key_set_refresh_follows_cache_control(
+    jwks_server: JwksServer, cache_control: str | None, interval: float
+) -> None:
+    jwks_server.cache_control = cache_control
+    clock = Clock()
+    async with aiohttp.ClientSession() as session:
+        tokens = trusting(jwks_server, session, clock)
+        source = tokens.source(ISSUER)
+        assert source.next_refresh is None  # fetched on first need, not before
+        await tokens.verify(jwks_server.token())
+        assert source.next_refresh == clock.now + interval
+
+
+async def test_failed_refreshes_back_off_and_keep_the_keys(
+    jwks_server: JwksServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    async with aiohttp.ClientSession() as session:
+        tokens = trusting(jwks_server, session, clock)
+        source = tokens.source(ISSUER)
+        await tokens.verify(jwks_server.token())
+        jwks_server.failing = True
+        delays = []
+        with caplog.at_level(logging.WARNING, logger="gateway.auth.tokens"):
+            for _ in range(6):
+                assert source.next_refresh is not None
+                clock.now = source.next_refresh
+                await source.refresh()
+                delays.append(source.next_refresh - clock.now)
+        assert delays == [60, 120, 240, 480, 600, 600]  # doubling from the lower bound, capped at 10 min
+        assert caplog.text.count(f"jwks fetch for {ISSUER} failed") == 6
+        assert (await tokens.verify(jwks_server.token())).sub == "ivy"  # the old keys still serve
+        jwks_server.failing = False
+        clock.now = source.next_refresh
+        await source.refresh()
+        assert source.next_refresh == clock.now + 600 and jwks_server.fetches == 8
+
+
+async def test_the_lower_bound_of_the_refresh_interval_is_a_parameter(jwks_server: JwksServer) -> None:
+    jwks_server.cache_control = "max-age=1"
+    clock = Clock()
+    issuer = {"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["ES256"]}
+    config = load_config(environ={}, flags={"issuers": [issuer]})
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenService(config=config, http=lambda: session, clock=clock, jwks_min_refresh=0.5)
+        await tokens.verify(jwks_server.token())
+        assert tokens.source(ISSUER).next_refresh == clock.now + 1
