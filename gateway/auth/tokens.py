@@ -266,8 +266,10 @@ def parse_jwks(document: object) -> dict[str | None, jwt.PyJWK]:
     return keys
 
 
-def _url_loader(session: Callable[[], aiohttp.ClientSession], uri: str) -> Loader:
+def _url_loader(iss: str, session: Callable[[], aiohttp.ClientSession] | None, uri: str) -> Loader:
     async def load() -> Loaded:
+        if session is None:
+            raise RuntimeError(f"issuer {iss}: no HTTP client to fetch its jwks_uri")
         timeout = aiohttp.ClientTimeout(total=5)
         async with session().get(uri, timeout=timeout, allow_redirects=False) as resp:
             resp.raise_for_status()
@@ -306,9 +308,10 @@ class TokenService:
         clock: Callable[[], float] = time.monotonic,
         jwks_min_refresh: float = JWKS_MIN_REFRESH,
     ) -> None:
-        """``http`` gives the client that fetches ``jwks_uri`` key sets.
-        ``jwks_min_refresh`` is the least time between two refreshes of a key set,
-        whatever its max-age says (tests lower it)."""
+        """``http`` gives the client that fetches ``jwks_uri`` key sets; without one
+        the service still mints and verifies, but such a fetch fails (RuntimeError,
+        logged). ``jwks_min_refresh`` is the least time between two refreshes of a
+        key set, whatever its max-age says (tests lower it)."""
         if config.signing_key is None:
             raise ValueError("config.signing_key is required")
         private = jwk.JWK(**config.signing_key)
@@ -384,11 +387,11 @@ class TokenService:
     ) -> JwksSource:
         if issuer.jwks_file is not None:
             return JwksSource(name=issuer.iss, load=_file_loader(issuer.jwks_file), clock=clock)
-        if http is None or issuer.jwks_uri is None:
-            raise ValueError(f"issuer {issuer.iss} needs an HTTP session for its jwks_uri")
+        if issuer.jwks_uri is None:
+            raise ValueError(f"issuer {issuer.iss} has neither jwks_file nor jwks_uri")
         return JwksSource(
             name=issuer.iss,
-            load=_url_loader(http, issuer.jwks_uri),
+            load=_url_loader(issuer.iss, http, issuer.jwks_uri),
             clock=clock,
             refresh=self._refresh_bounds,
             on_schedule=self._rescheduled.set,

@@ -496,3 +496,17 @@ async def test_the_lower_bound_of_the_refresh_interval_is_a_parameter(jwks_serve
         tokens = TokenService(config=config, http=lambda: session, clock=clock, jwks_min_refresh=0.5)
         await tokens.verify(jwks_server.token())
         assert tokens.source(ISSUER).next_refresh == clock.now + 1
+
+
+async def test_without_an_http_client_only_fetching_a_jwks_uri_fails(jwks_server: JwksServer) -> None:
+    """`ticketgate token` builds a TokenService without an HTTP client: minting needs
+    only the signing key, so only a fetch of an issuer's jwks_uri is refused."""
+    issuer = {"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["ES256"]}
+    tokens = TokenService(config=load_config(environ={}, flags={"issuers": [issuer]}))
+    token, _ = tokens.mint("alice")
+    assert (await tokens.verify(token)).sub == "alice"
+    with pytest.raises(RuntimeError, match=f"issuer {ISSUER}: no HTTP client to fetch its jwks_uri"):
+        await tokens.source(ISSUER).fetch()
+    with pytest.raises(InvalidToken, match="unknown signing key"):
+        await tokens.verify(jwks_server.token())
+    assert jwks_server.fetches == 0
