@@ -4,6 +4,8 @@ time claims the gateway can represent, one spelling per token, one leeway."""
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import Callable
 
@@ -51,10 +53,12 @@ async def test_a_padded_signature_is_another_spelling_and_refused(gateway: Gatew
     await refused_everywhere(gateway.url, token + "==", "invalid_token")
 
 
-def minted_past_exp(gateway: Gateway, seconds: int) -> str:
-    """A token whose exp is ``seconds`` ago (give or take half a second)."""
-    exp = round(time.time()) - seconds
-    return gateway.mint("lee", ttl=60, now=exp - 60)
+async def minted_past_exp(gateway: Gateway, seconds: int) -> tuple[str, int]:
+    """A token whose exp (whole seconds) was ``seconds`` ago, to within a few
+    milliseconds, and that exp."""
+    await asyncio.sleep(math.ceil(time.time()) - time.time())  # just after a whole second
+    exp = math.floor(time.time()) - seconds
+    return gateway.mint("lee", ttl=60, now=exp - 60), exp
 
 
 async def test_a_token_within_the_leeway_gets_a_ticket_that_connects(
@@ -64,10 +68,10 @@ async def test_a_token_within_the_leeway_gets_a_ticket_that_connects(
     (leeway 5) connected, yet `POST /ws/ticket` refused it, and a ticket's
     consumption compared the exp without the leeway too."""
     gateway = await make_gateway(leeway=5)
-    token = minted_past_exp(gateway, 3)
+    token, exp = await minted_past_exp(gateway, 3)
     status, body, _ = await http_json("POST", f"{gateway.url}/ws/ticket", token=token)
     assert status == 201, body
-    assert body["expires"] <= round(time.time()) + 3  # never past exp + leeway
+    assert body["expires"] <= exp + 5  # never past exp + leeway
     assert (await authenticated(gateway, probes, {"ticket": body["ticket"]}))["via"] == "ticket"
     assert (await authenticated(gateway, probes, {"token": token}))["via"] == "token"
     pending = probes()
@@ -77,4 +81,5 @@ async def test_a_token_within_the_leeway_gets_a_ticket_that_connects(
 
 async def test_a_token_beyond_the_leeway_is_refused_everywhere(make_gateway: MakeGateway) -> None:
     gateway = await make_gateway(leeway=5)
-    await refused_everywhere(gateway.url, minted_past_exp(gateway, 6), "token_expired")
+    token, _ = await minted_past_exp(gateway, 6)
+    await refused_everywhere(gateway.url, token, "token_expired")
