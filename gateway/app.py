@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from gateway.auth.admission import Admission
 from gateway.auth.refresh import RefreshService
 from gateway.auth.sessions import SessionService
 from gateway.auth.tickets import TicketService
-from gateway.auth.tokens import TokenService
+from gateway.auth.tokens import JWKS_MIN_REFRESH, TokenService
 from gateway.config import Config
 from gateway.demo import demo_files
 from gateway.lifetime import Lifetime
@@ -47,8 +48,11 @@ RAW_SESSION_PREFIX = "/ws/session/"
 MAX_BODY_BYTES = 64 * 1024
 
 
-def create_app(config: Config) -> web.Application:
-    """The gateway for ``config``; StartupError if ``config.demo`` and the demo's files are missing."""
+def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) -> web.Application:
+    """The gateway for ``config``; StartupError if ``config.demo`` and the demo's files are missing.
+
+    ``jwks_min_refresh``: the least time between two refreshes of a trusted
+    issuer's key set (``TokenService``); only tests lower it."""
     demo = demo_files() if config.demo else None  # first: a missing file fails before anything is built
     origins = OriginPolicy(allowed=config.allowed_origins, public_url=config.public_url)
     app = web.Application(
@@ -62,12 +66,12 @@ def create_app(config: Config) -> web.Application:
     )
     metrics = Metrics()
     store = create_store(config.redis_url)
-    tokens = TokenService(config=config, http=lambda: app[keys.http_client])
+    tokens = TokenService(config=config, http=lambda: app[keys.http_client], jwks_min_refresh=jwks_min_refresh)
     sio = create_server(config, cors=origins.engineio_check)
     realtime = Realtime(
         sio=sio, scheduler=Scheduler(), max_held=config.max_held_events, on_drop=metrics.held_events_dropped.inc
     )
-    tickets = TicketService(store=store, ttl=config.ticket_ttl)
+    tickets = TicketService(store=store, ttl=config.ticket_ttl, leeway=config.leeway)
     sessions = SessionService(config=config, store=store, tokens=tokens, realtime=realtime)
     refresh = RefreshService(store=store, realtime=realtime, ttl=config.refresh_ttl)
     lifetime = Lifetime(config=config, store=store, refresh=refresh, realtime=realtime, metrics=metrics)
@@ -108,7 +112,7 @@ def create_app(config: Config) -> web.Application:
         app.router.add_static("/demo/", demo.page, show_index=False, append_version=False)
 
     app.on_response_prepare.append(http.node_header(config.node_name))
-    app.cleanup_ctx.extend([_key_files_ctx, _http_client_ctx, _store_ctx, _realtime_ctx])
+    app.cleanup_ctx.extend([_key_files_ctx, _http_client_ctx, _jwks_refresh_ctx, _store_ctx, _realtime_ctx])
     # Not a cleanup_ctx: aiohttp runs on_shutdown *before* it waits for open
     # handlers (every WebSocket is one), cleanup_ctx only after that wait.
     # Sockets must hear `closing` 1001 first, so this hook has to run there.
@@ -137,6 +141,15 @@ async def _http_client_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.http_client] = aiohttp.ClientSession()
     yield
     await app[keys.http_client].close()
+
+
+async def _jwks_refresh_ctx(app: web.Application) -> AsyncIterator[None]:
+    # After the HTTP client it fetches with, so it is cancelled before that closes.
+    # The local variable is the task's strong reference for the app's whole life.
+    task = asyncio.create_task(app[keys.tokens].keep_keys_fresh(), name="jwks-refresh")
+    yield
+    task.cancel()
+    await asyncio.wait({task})  # unlike awaiting it, leaves a cancellation of this cleanup alone
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

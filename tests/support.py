@@ -322,6 +322,26 @@ async def issue_ticket(url: str, token: str) -> str:
     return str(body["ticket"])
 
 
+async def refused_everywhere(url: str, token: str, reason: str) -> None:
+    """``token`` is refused with ``reason`` at every door of the gateway at ``url``:
+    a connect (``connect_error`` 4001), ``authenticate`` on a pending socket (ack
+    4001) and ``POST /ws/ticket`` (401)."""
+    refused = Probe()
+    pending = Probe()
+    try:
+        assert not await refused.connect(url, auth={"token": token}), "connected"
+        assert refused.connect_error["data"] == {"code": 4001, "reason": reason}, refused.connect_error
+        assert not refused.named("authenticated")
+        assert await pending.connect(url, auth={})
+        ack = await pending.call("authenticate", {"token": token})
+        assert ack == {"ok": False, "error": {"code": 4001, "reason": reason}}, ack
+    finally:
+        await refused.close()
+        await pending.close()
+    status, body, _ = await http_json("POST", f"{url}/ws/ticket", token=token)
+    assert status == 401 and body["error"]["code"] == reason, (status, body)
+
+
 Nodes = tuple[GatewayProcess, GatewayProcess]
 
 
@@ -439,18 +459,29 @@ class RawSocketIO:
 
 class JwksServer:
     """A trusted issuer over real HTTP on 127.0.0.1: a rotatable ES256 JWKS (kid k1
-    to start with) that counts its fetches, and the issuer's token signing."""
+    to start with) that counts its fetches, and the issuer's token signing.
+
+    ``cache_control``, when set, is sent as the JWKS response's Cache-Control
+    header; while ``failing`` is true the JWKS is answered 503 (the issuer is
+    up but broken)."""
 
     def __init__(self) -> None:
         self.keys = [jwk.JWK.generate(kty="EC", crv="P-256", kid="k1")]
         self.fetches = 0
+        self.cache_control: str | None = None
+        self.failing = False
         app = web.Application()
         app.router.add_get("/jwks.json", self._jwks)
         self.server = TestServer(app, host="127.0.0.1")
 
     async def _jwks(self, request: web.Request) -> web.Response:
         self.fetches += 1
-        return web.json_response({"keys": [k.export_public(as_dict=True) for k in self.keys]})
+        if self.failing:
+            return web.json_response({"error": "unavailable"}, status=503)
+        response = web.json_response({"keys": [k.export_public(as_dict=True) for k in self.keys]})
+        if self.cache_control is not None:
+            response.headers["Cache-Control"] = self.cache_control
+        return response
 
     async def start(self) -> None:
         await self.server.start_server()
@@ -469,16 +500,16 @@ class JwksServer:
     def uri(self) -> str:
         return str(self.server.make_url("/jwks.json"))
 
-    def token(self, key: jwk.JWK | None = None, *, kid: str | None = None, **claims: Any) -> str:
-        """A token as the issuer signs them: ES256 with ``key`` (default: the first one
-        it publishes), ``kid`` (default: the key's own) in the header, for sub ivy,
-        valid 300 s; ``claims`` override those (a claim given as None is left out)."""
+    def token(self, key: jwk.JWK | None = None, *, kid: str | None = None, alg: str = "ES256", **claims: Any) -> str:
+        """A token as the issuer signs them: ``alg`` (ES256) with ``key`` (default: the
+        first one it publishes), ``kid`` (default: the key's own) in the header, for
+        sub ivy, valid 300 s; ``claims`` override those (a claim given as None is left out)."""
         key = self.keys[0] if key is None else key
         now = int(time.time())
         payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": "ivy", "iat": now, "exp": now + 300, **claims}
         payload = {name: value for name, value in payload.items() if value is not None}
         pem = key.export_to_pem(private_key=True, password=None)
-        return jwt.encode(payload, pem, algorithm="ES256", headers={"kid": kid or key["kid"]})
+        return jwt.encode(payload, pem, algorithm=alg, headers={"kid": kid or key["kid"]})
 
 
 class NodeScript:

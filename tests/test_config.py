@@ -207,6 +207,19 @@ def test_token_command_refuses_bad_claims(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--claims" in result.stderr
 
 
+def test_token_command_with_a_jwks_uri_issuer(tmp_path: Path) -> None:
+    """Minting needs only the signing key: an issuer with a jwks_uri (never fetched
+    here) used to crash the command with a traceback."""
+    file = tmp_path / "keys.toml"
+    issuer = '[[issuers]]\niss = "https://idp.example"\njwks_uri = "https://idp.example/.well-known/jwks.json"\n'
+    file.write_text(run_cli("keygen").stdout + "\n" + issuer)
+    result = run_cli("token", "--config", str(file), "--sub", "alice", "--ttl", "60")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    key = dict(load_config(file=file, environ={}).signing_key or {})
+    public = jwt.PyJWK({k: v for k, v in key.items() if k != "d"})
+    assert jwt.decode(result.stdout.strip(), public.key, algorithms=["ES256"])["sub"] == "alice"
+
+
 def test_signing_key_from_a_file_path(tmp_path: Path) -> None:
     from gateway.config import generate_signing_key
 

@@ -6,17 +6,33 @@ foreign tokens are refused; a key rotation is picked up without a restart."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import jwt
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from jwcrypto import jwk
 
 from gateway import keys
+from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.auth.tokens import JWKS_REFETCH_INTERVAL
+from gateway.config import load_config
 from tests.conftest import Gateway, MakeGateway
-from tests.support import AUDIENCE, ISSUER, JwksServer, Probe, http_json, issue_ticket
+from tests.support import (
+    AUDIENCE,
+    ISSUER,
+    JsClient,
+    JwksServer,
+    NodeScripts,
+    Probe,
+    http_json,
+    issue_ticket,
+    refused_everywhere,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -149,3 +165,136 @@ async def test_key_rotation_without_restart(
     stale = await connect(gateway, probes, jwks_server.token(first))
     assert stale.connect_error["data"] == INVALID_TOKEN
     assert jwks_server.fetches == 2
+
+
+# -- an alg that does not fit the key its kid names ----------------------------------------
+
+
+@pytest.fixture
+async def two_alg_gateway(make_gateway: MakeGateway, jwks_server: JwksServer) -> Gateway:
+    """An issuer allowing RS256 and ES256, its JWKS holding an EC key (k1) and an RSA key (r1)."""
+    jwks_server.keys.append(jwk.JWK.generate(kty="RSA", size=2048, kid="r1"))
+    issuer = {"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["RS256", "ES256"]}
+    return await make_gateway(issuers=[issuer])
+
+
+def mismatched_token(jwks_server: JwksServer, case: str) -> str:
+    ec, rsa = jwks_server.keys
+    if case == "ES256 with the kid of the RSA key":
+        return jwks_server.token(ec, kid=rsa["kid"])
+    return jwks_server.token(rsa, kid=ec["kid"], alg="RS256")
+
+
+MISMATCHES = ["ES256 with the kid of the RSA key", "RS256 with the kid of the EC key"]
+
+
+@pytest.mark.parametrize("case", MISMATCHES)
+async def test_alg_that_does_not_fit_its_key_is_refused_everywhere(
+    two_alg_gateway: Gateway, jwks_server: JwksServer, probes: Callable[[], Probe], case: str
+) -> None:
+    """PyJWT was handed a key of the wrong type and raised TypeError: HTTP 500 for a
+    ticket, and a connect that neither succeeded nor was refused."""
+    ec, rsa = jwks_server.keys
+    for fitting in (jwks_server.token(ec), jwks_server.token(rsa, alg="RS256")):  # both keys do work
+        assert (await (await connect(two_alg_gateway, probes, fitting)).wait_for("authenticated"))["sub"] == "ivy"
+    await refused_everywhere(two_alg_gateway.url, mismatched_token(jwks_server, case), "invalid_token")
+
+
+@pytest.mark.parametrize("transports", [None, ["websocket"]], ids=["polling", "websocket"])
+@pytest.mark.parametrize("case", MISMATCHES)
+async def test_alg_that_does_not_fit_its_key_reaches_js_as_connect_error(
+    two_alg_gateway: Gateway,
+    jwks_server: JwksServer,
+    node_scripts: NodeScripts,
+    case: str,
+    transports: list[str] | None,
+) -> None:
+    auth = {"token": mismatched_token(jwks_server, case)}
+    client = await node_scripts(
+        JsClient.connect(two_alg_gateway.url, auth=auth, transports=transports, until=["connect_error", "connect"])
+    )
+    lines = await client.finish()
+    assert [line["event"] for line in lines if line["event"] != "upgrade"] == ["open", "connect_error"], lines
+    assert lines[-1]["data"] == INVALID_TOKEN
+
+
+# -- time claims the gateway cannot represent ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [("exp", 1e20), ("exp", float("inf")), ("exp", float("nan")), ("exp", "9999999999"), ("iat", "0"), ("nbf", 1e20)],
+)
+async def test_time_claims_beyond_numbers_are_refused_everywhere(
+    gateway: Gateway, jwks_server: JwksServer, claim: str, value: object
+) -> None:
+    """A validly signed token with exp 1e20 connected, then the socket stayed
+    without `authenticated`, its events held (OverflowError writing expiresAt)."""
+    await refused_everywhere(gateway.url, jwks_server.token(**{claim: value}), "invalid_token")
+
+
+# -- the issuer's key set is refreshed in the background --------------------------------------
+
+
+async def serve(app: web.Application) -> AsyncIterator[TestServer]:
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(**RUNNER_OPTIONS)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def refreshing(jwks_server: JwksServer) -> AsyncIterator[Gateway]:
+    """A gateway trusting ``jwks_server``, which says ``Cache-Control: max-age=1``,
+    with the lower bound of the refresh interval (60 s) lowered to 0.5 s."""
+    jwks_server.cache_control = "max-age=1"
+    jwks_server.keys.append(jwk.JWK.generate(kty="EC", crv="P-256", kid="k2"))
+    issuer = {"iss": ISSUER, "jwks_uri": jwks_server.uri, "audience": AUDIENCE, "algorithms": ["ES256"]}
+    app = create_app(load_config(environ={}, flags={"issuers": [issuer]}), jwks_min_refresh=0.5)
+    async for server in serve(app):
+        yield Gateway(app=app, server=server)
+
+
+async def test_a_removed_key_stops_working_once_the_key_set_is_refreshed(
+    refreshing: Gateway, jwks_server: JwksServer, probes: Callable[[], Probe]
+) -> None:
+    """A key the issuer no longer publishes used to stay trusted until some unknown
+    kid caused a refetch: now the key set is refreshed after its max-age."""
+    first, second = jwks_server.keys
+    assert (await (await connect(refreshing, probes, jwks_server.token(first))).wait_for("authenticated"))["sub"]
+    jwks_server.keys.remove(first)
+    fetched = jwks_server.fetches
+    await wait_until(lambda: jwks_server.fetches >= fetched + 2)  # a whole refresh after the removal
+    stale = await connect(refreshing, probes, jwks_server.token(first))
+    assert stale.connect_error["data"] == INVALID_TOKEN
+    fresh = await connect(refreshing, probes, jwks_server.token(second, sub="kept"))
+    assert (await fresh.wait_for("authenticated"))["sub"] == "kept"
+
+
+async def test_a_failing_refresh_keeps_the_keys_and_retries(
+    refreshing: Gateway, jwks_server: JwksServer, probes: Callable[[], Probe], caplog: pytest.LogCaptureFixture
+) -> None:
+    first = jwks_server.keys[0]
+    assert await (await connect(refreshing, probes, jwks_server.token(first))).wait_for("authenticated")
+    caplog.set_level(logging.WARNING, logger="gateway.auth.tokens")
+    jwks_server.failing = True
+    fetched = jwks_server.fetches
+    await wait_until(lambda: jwks_server.fetches >= fetched + 2)  # refreshes fail, and are retried
+    assert f"jwks fetch for {ISSUER} failed" in caplog.text
+    kept = await connect(refreshing, probes, jwks_server.token(first, sub="kept"))
+    assert (await kept.wait_for("authenticated"))["sub"] == "kept"
+    # The issuer recovers: the next refresh succeeds and drops the removed key.
+    jwks_server.keys.remove(first)
+    jwks_server.failing = False
+    fetched = jwks_server.fetches
+    await wait_until(lambda: jwks_server.fetches >= fetched + 2)
+    stale = await connect(refreshing, probes, jwks_server.token(first))
+    assert stale.connect_error["data"] == INVALID_TOKEN

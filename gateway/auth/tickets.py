@@ -34,14 +34,19 @@ def _key(ticket: str) -> str:
 
 
 class TicketService:
-    def __init__(self, *, store: Store, ttl: float) -> None:
+    """Issues and redeems tickets. ``leeway`` is the one the token's verification
+    allows on ``exp`` (config ``leeway``): a token good enough to connect with is
+    good enough for a ticket, and stays so until the ticket is redeemed."""
+
+    def __init__(self, *, store: Store, ttl: float, leeway: float) -> None:
         self._store = store
         self._ttl = ttl
+        self._leeway = leeway
 
     async def issue(self, principal: Principal) -> IssuedTicket:
-        """A ticket for ``principal``, living ``ttl`` seconds (never past the token's exp)."""
+        """A ticket for ``principal``, living ``ttl`` seconds (never past the token's exp + leeway)."""
         now = time.time()
-        lifetime = min(self._ttl, principal.exp - now)
+        lifetime = min(self._ttl, principal.exp + self._leeway - now)
         if lifetime <= 0:
             raise TokenExpired("token expired")
         if await self._store.is_revoked(principal.sub, principal.iat):
@@ -58,12 +63,12 @@ class TicketService:
             raise InvalidTicket("malformed ticket")
         return _key(ticket)
 
-    @staticmethod
-    def principal(raw: str | None) -> Principal:
-        """The principal of a consumed ticket record; InvalidTicket if there was none."""
+    def principal(self, raw: str | None) -> Principal:
+        """The principal of a consumed ticket record; InvalidTicket if there was none,
+        TokenExpired if its token expired (beyond the leeway) meanwhile."""
         if raw is None:
             raise InvalidTicket("unknown, used or expired ticket")
         record = json.loads(raw)
-        if record["exp"] <= time.time():
+        if record["exp"] + self._leeway <= time.time():
             raise TokenExpired("the ticket's token has expired")
         return Principal(sub=record["sub"], exp=float(record["exp"]), iat=float(record["iat"]), claims=record["claims"])
