@@ -208,6 +208,8 @@ class ClusterManager(socketio.AsyncRedisManager, LocalFanout):  # type: ignore[m
             raise StoreUnavailable("cannot publish to redis")
         return result
 
+    stopping = False  # set by Realtime.stop: the listener ends instead of retrying
+
     async def _redis_listen_with_retries(self) -> Any:
         delay = 0.5
         subscribed = False
@@ -224,6 +226,8 @@ class ClusterManager(socketio.AsyncRedisManager, LocalFanout):  # type: ignore[m
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self.stopping:  # the cancel was lost in redis-py's read: end as cancelled
+                    raise asyncio.CancelledError from exc
                 logger.warning("fan-out listener lost Redis (%s); retrying in %.1fs", type(exc).__name__, delay)
                 subscribed = False
                 await asyncio.sleep(delay)
@@ -358,7 +362,12 @@ class Realtime:
         manager = self.sio.manager
         thread = getattr(manager, "thread", None)
         if thread is not None:
+            # Wait for the listener to end before its connections close: a cancel
+            # that lands inside redis-py's read can surface as a connection error,
+            # and a listener that retried then outlived the app.
+            manager.stopping = True
             thread.cancel()
+            await asyncio.wait([thread], timeout=5)
         await self.scheduler.close()
         await self.sio.shutdown()
         redis = getattr(manager, "redis", None)
