@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JS     := tests/js/node_modules/.installed
 DEMO_JS := web_demo/node_modules/.installed
+BENCH_JS := bench/node_modules/.installed
 APT_PACKAGES := redis-server:redis-server nginx:nginx chromium:chromium
 
 .PHONY: run test lint venv system-deps js-deps dist bench screenshot clean
@@ -62,9 +63,14 @@ system-deps:
 screenshot: system-deps $(STAMP) $(DEMO_JS)
 	$(BIN)/python -m tests.demo.screenshot
 
-bench: $(STAMP)
+$(BENCH_JS): bench/package.json bench/package-lock.json
+	cd bench && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Never part of `make test`: figures are measured by hand, against Node socket.io in the same run.
+bench: system-deps $(STAMP) $(BENCH_JS)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules web_demo/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) tests/js/node_modules web_demo/node_modules bench/node_modules .pytest_cache .mypy_cache .ruff_cache
 	rm -rf dist build ticketgate.egg-info
