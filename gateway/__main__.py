@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import keys
-from gateway.app import RUNNER_OPTIONS, create_app
+from gateway.app import create_app, create_runner
 from gateway.auth.tokens import TokenService
 from gateway.config import Config, encode_secret, generate_signing_key, load_config
 from gateway.errors import ConfigError, StartupError
@@ -94,7 +94,7 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(create_app(config), handle_signals=False, **RUNNER_OPTIONS)
+    runner = create_runner(create_app(config), config)
     try:
         await runner.setup()
         try:

@@ -25,7 +25,7 @@ from gateway.metrics import Metrics
 from gateway.realtime import Realtime, create_server
 from gateway.scheduler import Scheduler
 from gateway.store import create_store
-from handlers import http
+from handlers import http, transport
 from handlers.events import SocketHandlers
 from handlers.openapi import build_openapi
 from handlers.origins import OriginPolicy
@@ -33,19 +33,32 @@ from handlers.raw_ws import session_socket
 
 logger = logging.getLogger(__name__)
 
-# How every runner serves the app (the CLI's and the tests'): long header
-# fields so a >8 KB token still reaches our own 401, yet a 1 MB header is
-# refused by aiohttp's parser; an access log that never shows query strings;
-# a short wait for open handlers once sockets have been told `closing`.
-RUNNER_OPTIONS: dict[str, Any] = {
-    "access_log_class": http.AccessLogger,
-    "max_field_size": 16 * 1024,
-    "shutdown_timeout": 3.0,
-}
+# Long header fields, so that a >8 KB token still reaches our own 401, yet a
+# 1 MB header is refused by aiohttp's parser (431).
+MAX_FIELD_BYTES = 16 * 1024
+# How long open handlers may finish once sockets have been told `closing`.
+SHUTDOWN_TIMEOUT = 3.0
 
 SOCKETIO_PATH = "socket.io"
 RAW_SESSION_PREFIX = "/ws/session/"
 MAX_BODY_BYTES = 64 * 1024
+
+
+def create_runner(app: web.Application, config: Config, **options: Any) -> web.AppRunner:
+    """The runner that serves ``app``, the CLI's and the tests' in-process ones alike:
+    the access log that never shows query strings, long header
+    fields, and the limits on slow and idle clients from ``config``.
+    ``options`` are further AppRunner options (the tests' ``handler_cancellation``)."""
+    return transport.DeadlineRunner(
+        app,
+        access_log_class=http.AccessLogger,
+        max_field_size=MAX_FIELD_BYTES,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        keepalive_timeout=config.keepalive_timeout,
+        header_timeout=config.header_timeout,
+        body_timeout=config.body_timeout,
+        **options,
+    )
 
 
 def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) -> web.Application:

@@ -82,6 +82,13 @@ class Config:
     upstream_maxlen: int = 100_000  # tg:upstream is trimmed to about this many entries
     max_held_events: int = 1000  # per socket awaiting re-auth, and per user once parked
     leeway: float = 5
+    # Slow and idle HTTP clients (handlers/transport.py): how long a keep-alive
+    # connection may idle between requests, how long a request's head and its
+    # body may take to arrive. None applies to a running handler (a long-poll,
+    # a WebSocket).
+    keepalive_timeout: float = 75
+    header_timeout: float = 10
+    body_timeout: float = 15
     redis_channel: str = "socketio"
     issuers: tuple[IssuerConfig, ...] = ()
     demo: bool = False
@@ -152,6 +159,9 @@ class ConfigSchema(Schema):
     upstream_maxlen = fields.Integer(validate=validate.Range(min=1))
     max_held_events = fields.Integer(validate=validate.Range(min=1, max=100_000))
     leeway = fields.Float(validate=validate.Range(min=0, max=30))
+    keepalive_timeout = fields.Float(validate=_positive)
+    header_timeout = fields.Float(validate=_positive)
+    body_timeout = fields.Float(validate=_positive)
     redis_channel = fields.String(validate=validate.Length(min=1))
     issuers = fields.List(fields.Nested(IssuerSchema))
     demo = fields.Boolean()

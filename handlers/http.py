@@ -48,9 +48,15 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     431: "headers_too_large",
 }
+
+
+def http_error_code(status: int) -> str:
+    """The error ``code`` of an HTTP status the application itself does not choose."""
+    return _HTTP_CODES.get(status, "http_error")
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -106,8 +112,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _HTTP_CODES.get(exc.status, "http_error")
-        return error_response(exc.status, code, exc.reason)
+        return error_response(exc.status, http_error_code(exc.status), exc.reason)
 
 
 def forwarded_middleware(trusted: tuple[str, ...]) -> Callable[..., Awaitable[web.StreamResponse]]:

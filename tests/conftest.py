@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from gateway import keys
-from gateway.app import RUNNER_OPTIONS, create_app
+from gateway.app import create_app
 from gateway.config import Config, load_config
 from gateway.store import PREFIX, MemoryStore
 from gateway.store import keys as store_keys
 from tests.support import (
     GatewayProcess,
+    GatewayTestServer,
     JwksServer,
     NodeScripts,
     Probe,
@@ -75,7 +75,7 @@ class Gateway:
     """An in-process gateway built by create_app and served on a real port."""
 
     app: web.Application
-    server: TestServer
+    server: GatewayTestServer
 
     @property
     def url(self) -> str:
@@ -120,13 +120,13 @@ MakeGateway = Callable[..., Awaitable[Gateway]]
 
 @pytest.fixture
 async def make_gateway(settings: dict[str, Any]) -> AsyncIterator[MakeGateway]:
-    servers: list[TestServer] = []
+    servers: list[GatewayTestServer] = []
 
     async def make(**overrides: Any) -> Gateway:
         config = load_config(environ={}, flags={**settings, **overrides})
         app = create_app(config)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server(**RUNNER_OPTIONS)
+        server = GatewayTestServer(app, host="127.0.0.1")
+        await server.start_server()
         servers.append(server)
         return Gateway(app=app, server=server)
 

@@ -28,12 +28,23 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from jwcrypto import jwk
 
+from gateway import keys
+from gateway.app import create_runner
+
 ROOT = Path(__file__).resolve().parent.parent
 JS_DIR = ROOT / "tests" / "js"
 
 # A trusted external issuer of the tests (its keys from a JWKS file or a JwksServer).
 ISSUER = "https://idp.example.test"
 AUDIENCE = "ticketgate-tests"
+
+
+class GatewayTestServer(TestServer):
+    """aiohttp's TestServer serving a gateway app with the runner the CLI uses
+    (create_runner: its access log, header limits and slow-client deadlines)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return create_runner(self.app, self.app[keys.config], **kwargs)
 
 
 class Clock:

@@ -68,11 +68,23 @@ def test_env_lists(tmp_path: Path) -> None:
         ({"allowed_origins": ["*"]}, "allowed_origins"),
         ({"redis_url": "redis://127.0.0.1:1/0"}, "signing_key"),
         ({"issuers": [{"iss": "x"}]}, "issuers"),
+        ({"keepalive_timeout": 0}, "keepalive_timeout"),
+        ({"header_timeout": -1}, "header_timeout"),
+        ({"body_timeout": "soon"}, "body_timeout"),
     ],
 )
 def test_bad_settings_name_the_problem(settings: dict[str, object], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load_config(environ={}, flags=settings)
+
+
+def test_slow_client_limits_default_and_come_from_env_and_file(tmp_path: Path) -> None:
+    config = load_config(environ={})
+    assert (config.keepalive_timeout, config.header_timeout, config.body_timeout) == (75, 10, 15)
+    file = tmp_path / "c.toml"
+    file.write_text("keepalive_timeout = 30\nheader_timeout = 2.5\nbody_timeout = 4\n")
+    config = load_config(file=file, environ={"TICKETGATE_BODY_TIMEOUT": "6.5"})
+    assert (config.keepalive_timeout, config.header_timeout, config.body_timeout) == (30, 2.5, 6.5)
 
 
 def test_unknown_env_setting() -> None:

@@ -14,17 +14,17 @@ from collections.abc import AsyncIterator, Callable
 import jwt
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from jwcrypto import jwk
 
 from gateway import keys
-from gateway.app import RUNNER_OPTIONS, create_app
+from gateway.app import create_app
 from gateway.auth.tokens import JWKS_REFETCH_INTERVAL
 from gateway.config import load_config
 from tests.conftest import Gateway, MakeGateway
 from tests.support import (
     AUDIENCE,
     ISSUER,
+    GatewayTestServer,
     JsClient,
     JwksServer,
     NodeScripts,
@@ -236,9 +236,9 @@ async def test_time_claims_beyond_numbers_are_refused_everywhere(
 # -- the issuer's key set is refreshed in the background --------------------------------------
 
 
-async def serve(app: web.Application) -> AsyncIterator[TestServer]:
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server(**RUNNER_OPTIONS)
+async def serve(app: web.Application) -> AsyncIterator[GatewayTestServer]:
+    server = GatewayTestServer(app, host="127.0.0.1")
+    await server.start_server()
     try:
         yield server
     finally:

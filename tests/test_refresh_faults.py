@@ -6,12 +6,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp.test_utils import TestServer
-
 from gateway import keys
-from gateway.app import RUNNER_OPTIONS, create_app
+from gateway.app import create_app
 from gateway.config import load_config
-from tests.support import Probe, RedisServer
+from tests.support import GatewayTestServer, Probe, RedisServer
 
 
 async def test_refresh_fails_closed_while_redis_is_down(
@@ -19,8 +17,8 @@ async def test_refresh_fails_closed_while_redis_is_down(
 ) -> None:
     config = load_config(environ={}, flags={**cluster_keys, "redis_url": own_redis.url})
     app = create_app(config)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server(**RUNNER_OPTIONS)
+    server = GatewayTestServer(app, host="127.0.0.1")
+    await server.start_server()
     url = str(server.make_url("")).rstrip("/")
     try:
         probe = probes()
