@@ -1,4 +1,5 @@
-"""HTTP/1.1 connections: deadlines for slow clients.
+"""HTTP/1.1 connections: deadlines for slow clients, and the JSON error shape
+for what aiohttp answers by itself.
 
 aiohttp closes a keep-alive connection that idles past ``keepalive_timeout``,
 but it sets no limit on how long a request's head or body may take to arrive:
@@ -18,8 +19,13 @@ missing limits:
 Neither limit touches a running handler: a long-poll that waits 25 s for
 events and a WebSocket that lives for hours have a complete head and no body.
 
+aiohttp answers what its parser refuses (an oversized request line or header,
+a malformed request) by itself, with a text body that repeats up to 100 bytes
+of the request, which may be a ticket or a Bearer token. ``handle_error``
+answers those in the PROTOCOL §2 shape without any of the request's bytes.
+
 The hooks are aiohttp's own protocol methods (``connection_made``,
-``data_received``, ``connection_lost``), attributes they keep
+``data_received``, ``connection_lost``, ``handle_error``), attributes they keep
 (``_messages``, ``_payload_parser``, ``_upgraded``, ``_request_in_progress``,
 ``_lingering_time``, ``_request_count``) and ``Server.__call__``, which builds
 the protocol: aiohttp is pinned to the tested minor range in setup.cfg, and
@@ -29,11 +35,17 @@ tests/test_transport_overrides.py fails loudly when their shape changes.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
+
+from handlers.http import error_response, http_error_code
+
+logger = logging.getLogger(__name__)
 
 
 class DeadlineRequestHandler(RequestHandler):
@@ -104,6 +116,37 @@ class DeadlineRequestHandler(RequestHandler):
         # of a body that does not come.
         self._lingering_time = 0.0
         body.set_exception(web.HTTPRequestTimeout())
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if isinstance(exc, HttpProcessingError):
+            # Not aiohttp's own log or answer: both carry the request's first bytes.
+            status, code, text = _refusal(exc, max_line_size=self.max_line_size, max_field_size=self.max_field_size)
+            level = logging.DEBUG if isinstance(exc, BadHttpMethod) else logging.INFO  # TLS or noise on the port
+            logger.log(level, "refused a malformed or oversized request: %s (%d)", type(exc).__name__, status)
+        else:
+            # aiohttp logs the handler's exception; only its answer's shape changes.
+            super().handle_error(request, status, exc, message)
+            code, text = http_error_code(status), "the server could not handle this request"
+        response = error_response(status, code, text)
+        response.force_close()
+        return response
+
+
+def _refusal(exc: HttpProcessingError, *, max_line_size: int, max_field_size: int) -> tuple[int, str, str]:
+    """(status, code, message) for what the parser refused; nothing of the request in it."""
+    if isinstance(exc, LineTooLong):
+        # The parser reports which limit was passed: the request line's or a header field's.
+        limit = exc.args[1] if len(exc.args) > 1 else None
+        if limit == max_line_size and limit != max_field_size:
+            return 414, "uri_too_long", f"the request line is longer than {max_line_size} bytes"
+        return 431, "headers_too_large", f"a header field is larger than {max_field_size} bytes"
+    return 400, "invalid_request", "malformed HTTP request"
 
 
 class DeadlineServer(web.Server):

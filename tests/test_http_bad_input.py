@@ -195,6 +195,12 @@ async def test_one_megabyte_token_is_refused_by_the_http_parser(gateway: Gateway
     assert health == 200
 
 
+async def test_what_the_http_parser_refuses_uses_the_error_shape(gateway: Gateway) -> None:
+    """Oversized header field (> 16 KB) and request line (> 8190 bytes): 431 and 414, as JSON."""
+    await expect_error(gateway, "POST", "/ws/ticket", 431, "headers_too_large", token="a" * (20 * 1024))
+    await expect_error(gateway, "GET", "/healthz?pad=" + "p" * 9000, 414, "uri_too_long")
+
+
 async def test_unknown_route_and_method_use_the_error_shape(gateway: Gateway) -> None:
     await expect_error(gateway, "GET", "/nope", 404, "not_found")
     await expect_error(gateway, "GET", "/ws/ticket", 405, "method_not_allowed")

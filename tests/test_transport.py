@@ -257,3 +257,46 @@ async def test_the_cli_serves_with_the_configured_limits(gateway_process: Callab
         assert (await reader.readuntil(b'{"status": "ok"}')).startswith(b"HTTP/1.1 200 ")
         took, received = await until_closed(reader, within=1.5 + MARGIN)
     assert received == b"" and took > 1.5 * 0.8, took
+
+
+# -- what aiohttp's parser refuses: the JSON shape, none of the request's bytes
+
+PARSER_REFUSALS = [
+    # (request, status); SECRET is replaced by a fresh secret-looking value
+    (b"GET /socket.io/?EIO=4&transport=polling&ticket=SECRET" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"POST /ws/ticket HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer SECRET" + b"b" * 17000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-SECRET" + b"c" * 17000 + b": v\r\n\r\n", 431),
+    (b"GET /?token=SECRET HTTP/1.1\r\nHost: x\r\nAuthorization SECRET\r\n\r\n", 400),
+    (b"G\x01T /?token=SECRET HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+]
+CODES = {400: "invalid_request", 414: "uri_too_long", 431: "headers_too_large"}
+
+
+async def test_parser_refusals_answer_json_without_the_requests_bytes(
+    gateway_process: Callable[..., GatewayProcess],
+) -> None:
+    """aiohttp answered these with a text body repeating the request's first
+    100 bytes (a Bearer token, a ticket in the query string). Now: the JSON
+    error shape (PROTOCOL §2), and the secret in neither the answer nor the log."""
+    node = gateway_process({})
+    node.start()
+    secrets = []
+    try:
+        for index, (template, status) in enumerate(PARSER_REFUSALS):
+            secret = f"eyJhbGciOiJFUzI1NiJ9.tg-secret-{index}-{'k' * 12}"
+            secrets.append(secret)
+            async with connection(node.port) as (reader, writer):
+                writer.write(template.replace(b"SECRET", secret.encode()))
+                _, received = await until_closed(reader, within=5)
+            assert secret[:16].encode() not in received and b"tg-secret" not in received, received
+            got, body = parse_response(received)
+            assert (got, body["error"]["code"]) == (status, CODES[status]), received
+            assert set(body) == {"error"} and body["error"]["message"], body
+        status, _, _ = await http_json("GET", f"{node.url}/healthz")
+        assert status == 200
+    finally:
+        assert await asyncio.to_thread(node.terminate) == 0
+    log = node.log()
+    assert "tg-secret" not in log and not any(secret[:16] in log for secret in secrets), log
+    assert "refused a malformed or oversized request: LineTooLong (414)" in log
+    assert "refused a malformed or oversized request: LineTooLong (431)" in log

@@ -9,6 +9,7 @@ from importlib.metadata import version
 
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.test_utils import TestServer
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_runner import BaseRunner
@@ -31,6 +32,7 @@ def test_the_overridden_protocol_methods_keep_their_shape() -> None:
     assert parameters(RequestHandler.connection_made) == ["self", "transport"]
     assert parameters(RequestHandler.data_received) == ["self", "data"]
     assert parameters(RequestHandler.connection_lost) == ["self", "exc"]
+    assert parameters(RequestHandler.handle_error) == ["self", "request", "status", "exc", "message"]
     init = parameters(RequestHandler.__init__)
     assert init[:2] == ["self", "manager"]
     assert {"loop", "keepalive_timeout", "max_line_size", "max_field_size", "lingering_time"} <= set(init)
@@ -50,6 +52,10 @@ def test_what_the_deadlines_rely_on_in_aiohttps_code() -> None:
     assert "self._request_in_progress = False" in handling
     # The lingering time is read per request, after the handler: setting it to 0 takes effect.
     assert "lingering_time = self._lingering_time" in inspect.getsource(RequestHandler.start)
+    # Parser refusals reach handle_error with the parser's exception.
+    assert "self.handle_error(" in inspect.getsource(RequestHandler._make_error_handler)
+    # Which limit a LineTooLong passed is its second argument.
+    assert LineTooLong(b"line", 8190).args[1] == 8190
 
 
 def test_the_protocol_factory_keeps_its_shape() -> None:
