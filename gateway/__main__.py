@@ -19,6 +19,7 @@ from gateway.app import create_app, create_runner
 from gateway.auth.tokens import TokenService
 from gateway.config import Config, encode_secret, generate_signing_key, load_config
 from gateway.errors import ConfigError, StartupError
+from gateway.logs import configure_logging
 from handlers.http import RedactParserErrors
 
 logger = logging.getLogger("gateway")
@@ -44,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     logging.getLogger("aiohttp.server").addFilter(RedactParserErrors())
     try:
         if args.command == "keygen":

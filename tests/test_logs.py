@@ -293,6 +293,46 @@ async def test_logs_hold_every_connect_and_refusal_but_no_secret(
     assert f"drained: sent closing 1001 to {outcome['live']} sockets" in log
 
 
+FORGED = "2026-01-01 00:00:00,000 INFO gateway: connect sid=forged sub=admin via=token"
+
+
+async def test_a_client_cannot_write_a_line_or_a_control_character_into_the_log(
+    gateway_process: Callable[..., GatewayProcess], probes: Callable[[], Probe]
+) -> None:
+    """Request paths are logged percent-decoded, event names as sent: a ``%0A``
+    in a path wrote a forged record of its own, a ``%1B`` an escape sequence
+    for the terminal showing the log. Every control character (C0, DEL, C1,
+    U+2028/9) of a message is escaped by the CLI's formatter, readable."""
+    node = gateway_process({}, name="injection")
+    node.start()
+    forged = FORGED.replace(" ", "%20")
+    for path in (
+        f"/healthz%0A{forged}",
+        f"/nope%0D%0A{forged}",
+        f"/nope%C2%85{forged}",  # NEL, a C1 line break
+        f"/nope%E2%80%A8{forged}",  # LINE SEPARATOR
+        "/nope%1B[2J%07%7F%00",  # clear the screen, bell, DEL, NUL
+    ):
+        answer = await raw_request(node.port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 404 "), answer
+    probe = probes()
+    assert await probe.connect(node.url)  # deferred: its first event must be `authenticate`
+    await probe.client.emit(f"hello\n{FORGED}", {})
+    assert (await probe.wait_for("closing"))["reason"] == "unauthenticated"
+    assert await asyncio.to_thread(node.terminate) == 0
+    log = node.log()
+
+    forged_lines = [line for line in log.splitlines() if line.startswith(FORGED[:23])]
+    assert forged_lines == [], forged_lines
+    controls = [c for c in log if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029"]
+    assert controls == [], controls
+    # Escaped, the request stays readable in its access line.
+    assert re.search(r"127\.0\.0\.1 GET /healthz\\n2026-01-01 00:00:00,000 INFO gateway: connect sid=forged", log)
+    assert "GET /nope\\r\\n2026-01-01" in log and "GET /nope\\x852026-01-01" in log
+    assert "GET /nope\\u20282026-01-01" in log and "GET /nope\\x1b[2J\\x07\\x7f\\x00 404" in log
+    assert "sent hello\\n2026-01-01 00:00:00,000 INFO gateway: connect sid=forged" in log
+
+
 # -- the start of a process (PROTOCOL §1, §6.10)
 
 LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<name>[\w.]+): (?P<message>.*)$")
