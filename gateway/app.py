@@ -25,7 +25,7 @@ from gateway.metrics import Metrics
 from gateway.realtime import Realtime, create_server
 from gateway.scheduler import Scheduler
 from gateway.store import create_store
-from handlers import http, transport
+from handlers import http, raw_ws, transport
 from handlers.events import SocketHandlers
 from handlers.openapi import build_openapi
 from handlers.origins import OriginPolicy
@@ -40,7 +40,7 @@ MAX_FIELD_BYTES = 16 * 1024
 SHUTDOWN_TIMEOUT = 3.0
 
 SOCKETIO_PATH = "socket.io"
-RAW_SESSION_PREFIX = "/ws/session/"
+RAW_SESSION_PREFIX = raw_ws.PATH_PREFIX
 MAX_BODY_BYTES = 64 * 1024
 
 

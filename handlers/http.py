@@ -33,7 +33,7 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.formats import iso_z
-from handlers import schemas
+from handlers import raw_ws, schemas
 from handlers.errors import Surface, code_for
 from handlers.origins import OriginPolicy
 
@@ -62,10 +62,15 @@ def http_error_code(status: int) -> str:
 
 
 class AccessLogger(AbstractAccessLogger):
-    """Access log without the query string: tickets and tokens may ride in it."""
+    """Access log without the query string (tickets and tokens may ride in it) and
+    without the id in ``/ws/session/<sessionId>``: whoever reads the log could
+    otherwise spend that session's verify attempts."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info("%s %s %s %d %.3fs", request.remote, request.method, request.path, response.status, time)
+        path = request.path
+        if path.startswith(raw_ws.PATH_PREFIX):
+            path = raw_ws.PATH_PREFIX + "..."
+        self.logger.info("%s %s %s %d %.3fs", request.remote, request.method, path, response.status, time)
 
 
 class RedactParserErrors(logging.Filter):

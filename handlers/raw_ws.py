@@ -25,6 +25,9 @@ from handlers.errors import Surface, code_for
 
 logger = logging.getLogger(__name__)
 
+# The endpoint's path, before the session id (which the access log leaves out).
+PATH_PREFIX = "/ws/session/"
+
 
 class RawSessionSocket:
     def __init__(self, ws: web.WebSocketResponse, *, seq: int) -> None:

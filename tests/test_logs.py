@@ -175,6 +175,8 @@ async def run_flows(
         status, session, _ = await http_json("POST", f"{url}/auth/initiate", json={"userId": "s-user"})
         assert status == 201, session
         ws_token = secrets.add(f"wsToken ({transport})", session["wsToken"])
+        # Whoever knows a session id can spend its verify attempts: not logged either.
+        secrets.add(f"sessionId ({transport})", session["sessionId"])
         wrong = secrets.add(f"wrong wsToken ({transport})", "w" * 43)
         if transport == "socket.io":
             probe = probes()
@@ -284,6 +286,7 @@ async def test_logs_hold_every_connect_and_refusal_but_no_secret(
     assert "refused handshake: origin_not_allowed" in log
     assert "raw session socket refused reason=invalid_token" in log
     assert re.search(r"raw session socket raw:\S+ connected", log)
+    assert re.search(r"127\.0\.0\.1 GET /ws/session/\.\.\. 101 ", log)  # the raw socket, its id left out
     assert re.search(r"connect sid=\S+ session via=session", log)
     assert "event authenticate from sid=" in log and "refused: invalid_ticket" in log
     assert sorted(CONNECT_LINE.findall(log)) == sorted(outcome["accepted"])
