@@ -21,6 +21,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import engineio
 import socketio
 from aiohttp import web
 from engineio import packet as eio_packet
@@ -30,7 +31,7 @@ from socketio import packet as sio_packet
 from gateway import closes
 from gateway.closes import Close
 from gateway.config import Config
-from gateway.errors import StoreUnavailable
+from gateway.errors import PayloadTooLarge, StoreUnavailable
 from gateway.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ UNHELD_EVENTS = frozenset({"closing", "authenticated", "auth_expiring", "reauth_
 CONTROL_CLOSE = CONTROL_PREFIX + "close"
 DRAIN_TIMEOUT = 2.0
 POLL_FETCH_TIMEOUT = 0.5  # how long a draining node waits for a long-polling client's next poll
+MAX_PAYLOAD_BYTES = 64 * 1024  # an Engine.IO message (WebSocket) or long-polling POST body
 
 
 def is_reserved_event(name: str) -> bool:
@@ -258,19 +260,111 @@ class _UncompressedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
         return self._sock
 
 
+class _PolledBody:
+    """A long-polling POST's body, read whole, where python-engineio reads ``wsgi.input``."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def read(self, size: int = -1) -> bytes:
+        # python-engineio reads once, CONTENT_LENGTH bytes (0 without the
+        # header, i.e. a chunked body, which it then ignored): the whole body.
+        return self._data
+
+
+async def _translate_request(request: web.Request) -> dict[str, Any]:
+    """python-engineio's aiohttp environ, with a POST's body already read.
+
+    Its own ``wsgi.input`` was the request's stream, of which it read
+    ``read(Content-Length)``: whatever had arrived, so a body split over two
+    TCP segments lost its second half (the POST answered 200, the packets
+    were garbled or lost). ``request.read()`` reads it whole, bounded by the
+    app's 64 KB ``client_max_size`` (413) and by ``body_timeout`` (408).
+    """
+    environ: dict[str, Any] = aiohttp_driver.translate_request(request)
+    if request.method == "POST":
+        environ["wsgi.input"] = _PolledBody(await request.read())
+    return environ
+
+
+class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
+    """python-engineio's server, with its long-polling POSTs made to end.
+
+    * ``disconnect(sid)`` closes a session without waiting for its queue to be
+      fetched. python-engineio waited (``close(wait=True)``) for a poll that a
+      broken client never sends, and it disconnects from inside the POST that
+      broke the protocol: a POST announcing more than the 64 KB payload limit,
+      or holding a packet a client may not send (``6``, a no-op), was never
+      answered, and each one kept its handler, its task and its session for
+      good (1000 such POSTs of 70 kB held ~20 MB). A pending poll still gets
+      the CLOSE packet at once; a later one gets 400 (session unknown).
+    * A POST announcing more than ``max_http_buffer_size`` is answered 413
+      before its body is read, its session closed.
+    * A POST for a session already closed but not yet forgotten (by its
+      client's CLOSE packet, a ping timeout, a drain) is answered 400 like any
+      unknown session: python-engineio's POST path let ``_get_socket``'s
+      KeyError through as a 500.
+    * The WebSocket driver is _UncompressedWebSocket and ``translate_request``
+      reads a POST's body whole (_translate_request).
+
+    ``disconnect``, ``handle_request`` and the ``_async`` driver table are
+    python-engineio's own (pinned in setup.cfg; see tests/test_realtime_overrides.py).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._async: dict[str, Any] = {
+            **self._async,
+            "websocket": _UncompressedWebSocket,
+            "translate_request": _translate_request,
+        }
+
+    async def disconnect(self, sid: str | None = None) -> None:
+        for one in [sid] if sid is not None else list(self.sockets):
+            socket = self.sockets.get(one)
+            if socket is not None:
+                await socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
+                self.sockets.pop(one, None)
+
+    async def handle_request(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            response: web.StreamResponse = await super().handle_request(request)
+            return response
+        sid = request.query.get("sid")
+        if sid is not None and (known := self.sockets.get(sid)) is not None and known.closed:
+            del self.sockets[sid]
+        if request.content_length is not None and request.content_length > self.max_http_buffer_size:
+            await self._refuse_oversized(sid)
+        try:
+            response = await super().handle_request(request)
+        except web.HTTPRequestEntityTooLarge:  # a chunked body past the limit, from request.read()
+            await self._refuse_oversized(sid)
+        return response
+
+    async def _refuse_oversized(self, sid: str | None) -> None:
+        if sid is not None:
+            await self.disconnect(sid)
+        raise PayloadTooLarge(f"a long-polling payload may be at most {self.max_http_buffer_size} bytes")
+
+
 EngineOpened = Callable[[str, Mapping[str, Any]], bool]
 
 
 class Server(socketio.AsyncServer):  # type: ignore[misc]
-    """python-socketio's server, telling the gateway when an Engine.IO session
-    opens and ends, before and beside any Socket.IO socket on it: a session that
-    never sends the Socket.IO CONNECT is still a client to count and to time out.
-    ``_handle_eio_connect``/``_handle_eio_disconnect`` are python-socketio's
-    handlers of engine.io's events (pinned; tests/test_realtime_overrides.py).
+    """python-socketio's server, on _EngineIOServer, telling the gateway when an
+    Engine.IO session opens and ends, before and beside any Socket.IO socket on
+    it: a session that never sends the Socket.IO CONNECT is still a client to
+    count and to time out. ``_engineio_server_class`` (the class python-socketio
+    builds its engine.io server from), ``_handle_eio_connect`` and
+    ``_handle_eio_disconnect`` (its handlers of engine.io's events) are
+    python-socketio's own (pinned; tests/test_realtime_overrides.py).
     """
 
     engine_opened: EngineOpened | None = None
     engine_closed: Callable[[str], None] | None = None
+
+    def _engineio_server_class(self) -> type[engineio.AsyncServer]:
+        return _EngineIOServer
 
     async def _handle_eio_connect(self, eio_sid: str, environ: Mapping[str, Any]) -> bool | None:
         await super()._handle_eio_connect(eio_sid, environ)
@@ -296,11 +390,10 @@ def create_server(config: Config, *, cors: Callable[[str | None, Mapping[str, An
         async_handlers=False,
         cors_allowed_origins=cors,
         # A credential or a message never needs more; smaller frames are a DoS guard.
-        max_http_buffer_size=64 * 1024,
+        max_http_buffer_size=MAX_PAYLOAD_BYTES,
         logger=False,
         engineio_logger=False,
     )
-    sio.eio._async = {**sio.eio._async, "websocket": _UncompressedWebSocket}
     return sio
 
 

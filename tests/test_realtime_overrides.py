@@ -8,10 +8,22 @@ import inspect
 from importlib.metadata import version
 
 import aiohttp
+import engineio
+import socketio
+from engineio import base_server as eio_base_server
 from engineio.async_drivers import aiohttp as aiohttp_driver
+from engineio.async_socket import AsyncSocket
+from socketio import base_server as sio_base_server
 from socketio.base_manager import BaseManager
 
-from gateway.realtime import LocalFanout
+from gateway.config import load_config
+from gateway.realtime import (
+    LocalFanout,
+    _EngineIOServer,
+    _translate_request,
+    _UncompressedWebSocket,
+    create_server,
+)
 from tests.conftest import Gateway
 
 
@@ -79,6 +91,44 @@ def test_the_replaced_websocket_driver_keeps_its_shape() -> None:
     for name in ("self._sock", "self.environ", "await self.handler(self)"):
         assert name in source, name
     assert "websocket" in aiohttp_driver._async
+
+
+def test_the_engineio_server_hooks_keep_their_shape() -> None:
+    # python-socketio builds its Engine.IO server through this hook.
+    assert "self._engineio_server_class()(**engineio_options)" in inspect.getsource(sio_base_server.BaseServer.__init__)
+    assert parameters(socketio.AsyncServer._engineio_server_class) == ["self"]
+    # disconnect: replaced whole; it closes a socket and forgets it.
+    assert parameters(engineio.AsyncServer.disconnect) == ["self", "sid"]
+    assert parameters(AsyncSocket.close) == ["self", "wait", "abort", "reason"]
+    # handle_request: wrapped; the POST path it runs, and where it disconnects.
+    assert parameters(engineio.AsyncServer.handle_request) == ["self", "args", "kwargs"]
+    handling = inspect.getsource(engineio.AsyncServer.handle_request)
+    for line in (
+        "translate_request = self._async['translate_request']",
+        "inspect.iscoroutinefunction(translate_request)",
+        "socket = self._get_socket(sid)",
+        "await socket.handle_post_request(environ)",
+        "await self.disconnect(sid)",
+    ):
+        assert line in handling, line
+    # A closed socket still in `sockets` makes _get_socket raise (the POST path's 500).
+    assert "if s.closed:" in inspect.getsource(eio_base_server.BaseServer._get_socket)
+    # The POST body: one read of CONTENT_LENGTH bytes from wsgi.input, refused past the limit first.
+    posting = inspect.getsource(AsyncSocket.handle_post_request)
+    for line in ("length > self.server.max_http_buffer_size", "await environ['wsgi.input'].read(length)"):
+        assert line in posting, line
+    assert "translate_request" in aiohttp_driver._async
+    server = engineio.AsyncServer(async_mode="aiohttp")
+    assert {"sockets", "max_http_buffer_size", "_async"} <= vars(server).keys()
+    assert server.reason.SERVER_DISCONNECT
+
+
+def test_the_server_is_built_on_the_gateways_engineio_server() -> None:
+    sio = create_server(load_config(environ={}), cors=lambda origin, environ: True)
+    assert isinstance(sio.eio, _EngineIOServer)
+    assert sio.eio._async["websocket"] is _UncompressedWebSocket
+    assert sio.eio._async["translate_request"] is _translate_request
+    assert sio.eio.max_http_buffer_size == 64 * 1024
 
 
 async def test_websockets_are_not_compressed(gateway: Gateway) -> None:
