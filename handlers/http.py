@@ -76,7 +76,8 @@ class AccessLogger(AbstractAccessLogger):
 class RedactParserErrors(logging.Filter):
     """aiohttp's parser logs the first 100 bytes of an oversized or malformed
     request line or header, which may hold a ticket or token: keep the event,
-    drop the bytes."""
+    drop the bytes. (handlers/transport.py answers and logs parser refusals
+    itself, without the bytes; this filter guards any of aiohttp's own lines.)"""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
