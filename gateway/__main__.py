@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE.toml")
     serve.add_argument("--redis-url", dest="redis_url", metavar="URL")
     serve.add_argument("--demo", action="store_const", const=True, default=None, help="serve the web demo")
+    serve.add_argument(
+        "--loop", choices=["auto", "uvloop", "asyncio"], help="event loop (default: uvloop if installed)"
+    )
     commands.add_parser("keygen", help="print a TOML snippet with a signing key and a secret")
     token = commands.add_parser("token", help="mint an access JWT with the configured key")
     token.add_argument("--config", required=True, metavar="FILE.toml")
@@ -52,8 +55,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keygen()
         if args.command == "token":
             return _token(args)
-        flags = {"host": args.host, "port": args.port, "redis_url": args.redis_url, "demo": args.demo}
-        asyncio.run(serve(load_config(file=args.config, flags=flags)))
+        flags = {
+            "host": args.host,
+            "port": args.port,
+            "redis_url": args.redis_url,
+            "demo": args.demo,
+            "loop": args.loop,
+        }
+        config = load_config(file=args.config, flags=flags)
+        logging.getLogger().setLevel(config.log_level.upper())
+        run(serve(config), loop=config.loop)
     except ConfigError as exc:
         print(f"ticketgate: config error: {exc}", file=sys.stderr)
         return 2
@@ -61,6 +72,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ticketgate: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def run(main: Coroutine[Any, Any, None], *, loop: str) -> None:
+    """Run ``main`` on uvloop where it is installed (``auto``), or as ``loop`` says.
+
+    uvloop's transports write, read and schedule in C: the delivery path (a
+    write per recipient, a read per message) gains a third or more over
+    asyncio's own loop. ``--loop asyncio`` opts out."""
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                raise StartupError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 def _keygen() -> int:

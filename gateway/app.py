@@ -39,7 +39,7 @@ MAX_FIELD_BYTES = 16 * 1024
 # How long open handlers may finish once sockets have been told `closing`.
 SHUTDOWN_TIMEOUT = 3.0
 
-SOCKETIO_PATH = "socket.io"
+SOCKETIO_PATH = http.SOCKETIO_PREFIX.strip("/")
 RAW_SESSION_PREFIX = raw_ws.PATH_PREFIX
 MAX_BODY_BYTES = 64 * 1024
 
@@ -81,12 +81,10 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
     store = create_store(config.redis_url)
     tokens = TokenService(config=config, http=lambda: app[keys.http_client], jwks_min_refresh=jwks_min_refresh)
     sio = create_server(config, cors=origins.engineio_check)
-    realtime = Realtime(
-        sio=sio, scheduler=Scheduler(), max_held=config.max_held_events, on_drop=metrics.held_events_dropped.inc
-    )
+    realtime = Realtime(sio=sio, scheduler=Scheduler(), max_held=config.max_held_events, metrics=metrics)
     tickets = TicketService(store=store, ttl=config.ticket_ttl, leeway=config.leeway)
-    sessions = SessionService(config=config, store=store, tokens=tokens, realtime=realtime)
-    refresh = RefreshService(store=store, realtime=realtime, ttl=config.refresh_ttl)
+    sessions = SessionService(config=config, store=store, tokens=tokens, fanout=realtime)
+    refresh = RefreshService(store=store, fanout=realtime, ttl=config.refresh_ttl)
     lifetime = Lifetime(config=config, store=store, refresh=refresh, realtime=realtime, metrics=metrics)
     admission = Admission(
         config=config,
@@ -111,7 +109,7 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
     app[keys.sessions] = sessions
     app[keys.openapi] = build_openapi(version=__version__)
 
-    messages = MessageService(store=store, realtime=realtime, maxlen=config.upstream_maxlen)
+    messages = MessageService(store=store, fanout=realtime, maxlen=config.upstream_maxlen)
     SocketHandlers(config=config, admission=admission, messages=messages, realtime=realtime, metrics=metrics).register(
         sio
     )

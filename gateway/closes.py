@@ -32,3 +32,4 @@ AUTH_EXPIRED = Close(4010, "auth_expired")
 REVOKED = Close(4011, "revoked")
 REFRESH_REUSE = Close(4011, "refresh_reuse")
 DISCONNECTED = Close(4011, "disconnected")
+SLOW_CONSUMER = Close(4012, "slow_consumer")  # more than max_buffered_bytes sent and not read

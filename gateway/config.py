@@ -81,6 +81,10 @@ class Config:
     max_message_bytes: int = 16 * 1024  # JSON size of a `message` event's data
     upstream_maxlen: int = 100_000  # tg:upstream is trimmed to about this many entries
     max_held_events: int = 1000  # per socket awaiting re-auth, and per user once parked
+    # What a socket may have been sent and not read: past it, it is a slow consumer, closed (4012).
+    max_buffered_bytes: int = 1024 * 1024
+    log_level: str = "info"  # debug adds a line per connect, disconnect and Socket.IO request
+    loop: str = "auto"  # the event loop of `serve`: uvloop where installed ("auto"), or "uvloop"/"asyncio"
     leeway: float = 5
     # Slow and idle HTTP clients (handlers/transport.py): how long a keep-alive
     # connection may idle between requests, how long a request's head and its
@@ -158,6 +162,9 @@ class ConfigSchema(Schema):
     max_message_bytes = fields.Integer(validate=validate.Range(min=1, max=60 * 1024))
     upstream_maxlen = fields.Integer(validate=validate.Range(min=1))
     max_held_events = fields.Integer(validate=validate.Range(min=1, max=100_000))
+    max_buffered_bytes = fields.Integer(validate=validate.Range(min=64 * 1024))
+    loop = fields.String(validate=validate.OneOf(["auto", "uvloop", "asyncio"]))
+    log_level = fields.String(validate=validate.OneOf(["debug", "info", "warning", "error"]))
     leeway = fields.Float(validate=validate.Range(min=0, max=30))
     keepalive_timeout = fields.Float(validate=_positive)
     header_timeout = fields.Float(validate=_positive)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.realtime import ROOM_PATTERN, ClusterManager, is_reserved_event
+from gateway.realtime import ROOM_PATTERN, is_reserved_event
+from gateway.realtime.managers import ClusterManager
 
 
 class Emitter:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.formats import iso_z
-from gateway.realtime import Realtime
+from gateway.realtime import Fanout
 from gateway.store import Store, keys
 
 UPSTREAM_TTL = 7 * 86400  # an idle stream (and its consumer groups) goes after a week
@@ -26,9 +26,9 @@ def may_join(claims: Mapping[str, Any], room: str, public: tuple[str, ...] = ())
 
 
 class MessageService:
-    def __init__(self, *, store: Store, realtime: Realtime, maxlen: int) -> None:
+    def __init__(self, *, store: Store, fanout: Fanout, maxlen: int) -> None:
         self._store = store
-        self._realtime = realtime
+        self._fanout = fanout
         self._maxlen = maxlen
 
     async def post(self, *, sub: str, room: str, data: Any) -> dict[str, Any]:
@@ -47,5 +47,5 @@ class MessageService:
         }
         entry = {**message, "data": json.dumps(data, separators=(",", ":"))}
         await self._store.append_stream(keys.UPSTREAM, entry, maxlen=self._maxlen, ttl=UPSTREAM_TTL)
-        await self._realtime.publish(room, "message", message)
+        await self._fanout.publish(room, "message", message)
         return message

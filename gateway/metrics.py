@@ -35,6 +35,11 @@ class Metrics:
             "Held events dropped at the cap (the client is told in its next authenticate ack)",
             registry=self.registry,
         )
+        self.slow_consumers = Counter(
+            "ticketgate_slow_consumers",
+            "Sockets closed because they did not read what they were sent (max_buffered_bytes)",
+            registry=self.registry,
+        )
         self.disconnects = Counter(
             "ticketgate_admin_disconnects", "Sockets closed by the disconnect API", ["reason"], registry=self.registry
         )

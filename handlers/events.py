@@ -108,7 +108,7 @@ class SocketHandlers:
 
     async def disconnect(self, sid: str, reason: Any = None) -> None:
         if await self._admission.leave(sid):
-            logger.info("disconnect sid=%s", sid)
+            logger.debug("disconnect sid=%s", sid)
 
     # -- client events ------------------------------------------------------------
 

@@ -40,6 +40,7 @@ async def drain(
         "count": count,
         "auth": {"token": token},
         "report": ["closing"],
+        "buffer": True,  # the client's own printing must not delay its sockets
         "timeoutMs": 60_000,
     }
     if transports is not None:

@@ -107,11 +107,11 @@ async def test_pending_cap_per_address_and_timeout(make_gateway: MakeGateway, pr
     async with asyncio.timeout(5):
         while realtime.scheduler.pending > 100:
             await asyncio.sleep(0.02)
-    assert len(realtime.conns) == 100 and realtime.scheduler.pending == 100
+    assert len(realtime.registry) == 100 and realtime.scheduler.pending == 100
     accepted = [c for c, ok in zip(clients, results, strict=True) if ok]
     await asyncio.wait_for(asyncio.gather(*(c.disconnected.wait() for c in accepted)), 10)
     assert all(c.named("closing") == [{"code": 4008, "reason": "auth_timeout"}] for c in accepted)
-    assert realtime.conns == {} and realtime.scheduler.pending == 0
+    assert len(realtime.registry) == 0 and realtime.scheduler.pending == 0
     # The address may hold pending sockets again.
     again = probes()
     assert await again.connect(gateway.url)

@@ -266,7 +266,8 @@ async def test_logs_hold_every_connect_and_refusal_but_no_secret(
     gateway_process: Callable[..., GatewayProcess],
     probes: Callable[[], Probe],
 ) -> None:
-    node = gateway_process(settings, name=f"logs-{engine}")
+    # log_level debug: the line per connect and disconnect (INFO keeps refusals only).
+    node = gateway_process({**settings, "log_level": "debug"}, name=f"logs-{engine}")
     node.start()
     async with aiohttp.ClientSession() as http_client:
         try:
@@ -294,6 +295,25 @@ async def test_logs_hold_every_connect_and_refusal_but_no_secret(
     assert logged_refusals == outcome["refused"]
     assert all(code == "4001" for code, _ in REFUSED_LINE.findall(log))
     assert f"drained: sent closing 1001 to {outcome['live']} sockets" in log
+
+
+async def test_at_info_a_connect_is_counted_not_logged_but_a_refusal_is(
+    settings: dict[str, Any], gateway_process: Callable[..., GatewayProcess], probes: Callable[[], Probe]
+) -> None:
+    """The default log_level (info): a line per refused connect, none per accepted
+    connect, disconnect or Socket.IO request (their cost was measurable; /metrics counts them)."""
+    node = gateway_process(settings, name="info")
+    node.start()
+    tokens = TokenService(config=load_config(environ={}, flags=settings))
+    accepted, refused = probes(), probes()
+    assert await accepted.connect(node.url, auth={"token": tokens.mint("alice")[0]}, transports=("polling",))
+    await accepted.wait_for("authenticated")
+    assert not await refused.connect(node.url, auth={"ticket": "x" * 43})
+    await accepted.close()
+    assert await asyncio.to_thread(node.terminate) == 0
+    log = node.log()
+    assert REFUSED_LINE.search(log) and not CONNECT_LINE.search(log)
+    assert "disconnect sid=" not in log and "GET /socket.io/" not in log
 
 
 FORGED = "2026-01-01 00:00:00,000 INFO gateway: connect sid=forged sub=admin via=token"

@@ -1,5 +1,5 @@
 """Long-polling POSTs that break the Engine.IO protocol end at once, and leave
-nothing behind (gateway/realtime.py _EngineIOServer).
+nothing behind (gateway/realtime/engine.py EngineServer).
 
 python-engineio closed the session of such a POST from inside it and waited
 for a poll that never came: a POST announcing more than the 64 KB payload
@@ -116,14 +116,14 @@ async def test_a_noop_packet_is_answered_and_the_session_closed_cleanly(gateway:
         assert (await raw_post(port_of(gateway), sid, connect.encode()))[0] == 200
         status, text = await poll(session, gateway.url, sid)
         assert status == 200 and '"authenticated"' in text, text
-        assert len(realtime.conns) == 1
+        assert len(realtime.registry) == 1
         pending = asyncio.create_task(poll(session, gateway.url, sid)) if pending_poll else None
         await asyncio.sleep(0.1)
         assert (await raw_post(port_of(gateway), sid, b"6", within=1.0))[0] == 400
         if pending is not None:
             status, text = await asyncio.wait_for(pending, 1.0)
             assert status == 200 and text.endswith("1"), text  # CLOSE
-        assert realtime.conns == {} and sid not in realtime.sio.eio.sockets
+        assert len(realtime.registry) == 0 and sid not in realtime.sio.eio.sockets
         assert (await poll(session, gateway.url, sid))[0] == 400
 
 

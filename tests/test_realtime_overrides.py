@@ -1,4 +1,4 @@
-"""The places where gateway/realtime.py overrides python-socketio or python-engineio
+"""The places where gateway/realtime/ overrides python-socketio or python-engineio
 internals. setup.cfg pins both libraries to the tested range; these tests fail
 loudly when an upgrade changes what is overridden, before anything subtler breaks."""
 
@@ -17,13 +17,9 @@ from socketio import base_server as sio_base_server
 from socketio.base_manager import BaseManager
 
 from gateway.config import load_config
-from gateway.realtime import (
-    LocalFanout,
-    _EngineIOServer,
-    _translate_request,
-    _UncompressedWebSocket,
-    create_server,
-)
+from gateway.realtime import create_server
+from gateway.realtime.engine import EngineServer, WebSocketDriver, _translate_request
+from gateway.realtime.managers import LocalFanout
 from tests.conftest import Gateway
 
 
@@ -125,8 +121,8 @@ def test_the_engineio_server_hooks_keep_their_shape() -> None:
 
 def test_the_server_is_built_on_the_gateways_engineio_server() -> None:
     sio = create_server(load_config(environ={}), cors=lambda origin, environ: True)
-    assert isinstance(sio.eio, _EngineIOServer)
-    assert sio.eio._async["websocket"] is _UncompressedWebSocket
+    assert isinstance(sio.eio, EngineServer)
+    assert sio.eio._async["websocket"] is WebSocketDriver
     assert sio.eio._async["translate_request"] is _translate_request
     assert sio.eio.max_http_buffer_size == 64 * 1024
 

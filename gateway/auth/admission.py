@@ -217,7 +217,7 @@ class Admission:
         conn.via = kind
         self._realtime.register(conn)
         self._metrics.connected_sockets.inc()
-        logger.info("connect sid=%s sub=%s via=%s", conn.sid, principal.sub, kind)
+        logger.debug("connect sid=%s sub=%s via=%s", conn.sid, principal.sub, kind)
         await self._lifetime.bind(conn, principal, parked=verified.parked)
 
         async def welcome() -> None:
@@ -242,7 +242,7 @@ class Admission:
         if await self._sessions.superseded(session_id, opened.seq):
             raise ClosedWhileConnecting(closes.REPLACED)
         conn.timer = self._realtime.scheduler.at(opened.expires_at, lambda: self._realtime.close(sid, closes.EXPIRED))
-        logger.info("connect sid=%s session via=session", sid)
+        logger.debug("connect sid=%s session via=session", sid)
         expires = iso_z(opened.expires_at)
 
         async def welcome() -> None:
@@ -307,7 +307,7 @@ class Admission:
         deadline = time.time() + self._config.auth_timeout
         waiting.timer = self._realtime.scheduler.at(deadline, lambda: self._timeout(eio_sid))
         self._realtime.register(Conn(sid=sid, via="pending", expires_at=deadline))
-        logger.info("connect sid=%s pending authenticate", sid)
+        logger.debug("connect sid=%s pending authenticate", sid)
         return _nothing  # a pending socket is told nothing until it authenticates
 
     async def _timeout(self, eio_sid: str | None) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from gateway import closes
 from gateway.auth.tokens import Principal
 from gateway.errors import InvalidToken, RefreshReuse, Revoked
-from gateway.realtime import Realtime
+from gateway.realtime import Fanout
 from gateway.store import Store, keys
 
 _TOKEN_BYTES = 32
@@ -55,9 +55,9 @@ class Rotated:
 
 
 class RefreshService:
-    def __init__(self, *, store: Store, realtime: Realtime, ttl: float) -> None:
+    def __init__(self, *, store: Store, fanout: Fanout, ttl: float) -> None:
         self._store = store
-        self._realtime = realtime
+        self._fanout = fanout
         self.ttl = ttl
 
     def _record(self, *, sub: str, family: str, claims: Mapping[str, Any], now: float) -> dict[str, str]:
@@ -124,7 +124,7 @@ class RefreshService:
         if outcome == "missing":
             raise InvalidToken("unknown or expired refresh token")
         if outcome == "reuse":
-            await self._realtime.close_room(family_room(family), closes.REFRESH_REUSE)
+            await self._fanout.close_room(family_room(family), closes.REFRESH_REUSE)
             raise RefreshReuse("this refresh token was already used: its family is revoked")
         if outcome == "revoked":
             raise Revoked("this refresh token is revoked")

@@ -40,7 +40,7 @@ from gateway.errors import (
     TooManyAttempts,
 )
 from gateway.formats import b64url, b64url_decode, iso_z
-from gateway.realtime import Realtime
+from gateway.realtime import Fanout
 from gateway.store import Store, keys
 
 # Enrolled devices outlive sessions by far, but like every key they expire;
@@ -114,14 +114,14 @@ class OpenedSession:
 
 
 class SessionService:
-    def __init__(self, *, config: Config, store: Store, tokens: TokenService, realtime: Realtime) -> None:
+    def __init__(self, *, config: Config, store: Store, tokens: TokenService, fanout: Fanout) -> None:
         if config.secret is None:
             raise ValueError("config.secret is required")
         self._secret = config.secret
         self._config = config
         self._store = store
         self._tokens = tokens
-        self._realtime = realtime
+        self._fanout = fanout
 
     # -- wsToken and hash (PROTOCOL §2 "Auth sessions") ------------------------
 
@@ -186,7 +186,7 @@ class SessionService:
         if record is None or record["status"] != "pending":
             raise SessionNotFound("unknown, expired or resolved session")
         seq = int(record["conn"])
-        await self._realtime.close_room(session_room(session_id), closes.REPLACED, older_than=seq)
+        await self._fanout.close_room(session_room(session_id), closes.REPLACED, older_than=seq)
         return OpenedSession(
             session_id=session_id,
             seq=seq,
@@ -253,9 +253,9 @@ class SessionService:
                 raise SessionResolved("this session is already resolved")  # a concurrent verify approved it
             reason = "Too many attempts"
         event = {"type": "rejected", "reason": reason, "attemptsLeft": max(0, attempts_left), "final": final}
-        await self._realtime.publish(room, "rejected", event)
+        await self._fanout.publish(room, "rejected", event)
         if final:
-            await self._realtime.close_room(room, closes.RESOLVED)
+            await self._fanout.close_room(room, closes.RESOLVED)
             raise TooManyAttempts("too many attempts: the session is closed")
         raise failure(reason, attempts_left=attempts_left)
 
@@ -270,5 +270,5 @@ class SessionService:
             "expiresAt": iso_z(exp),
         }
         room = session_room(session_id)
-        await self._realtime.publish(room, "approved", event)
-        await self._realtime.close_room(room, closes.RESOLVED)
+        await self._fanout.publish(room, "approved", event)
+        await self._fanout.close_room(room, closes.RESOLVED)

@@ -9,6 +9,7 @@
 //     concurrency   how many connects are in flight at once (default 50)
 //     report        names of server events to print, one line per socket and event (default: none)
 //     timeoutMs     give up after this long: print {"event": "timeout"}, exit 2 (default 30000)
+//     buffer        hold the per-socket lines (emit, disconnect) until every socket is gone
 //
 // Output, one JSON line each:
 //   {"event": "connected", "count"}                       every socket is connected
@@ -30,7 +31,11 @@ const options = JSON.parse(OPTIONS);
 const count = Number(options.count ?? 1);
 const concurrency = Number(options.concurrency ?? 50);
 const report = new Set(options.report ?? []);
+// buffer: keep the per-socket lines until every socket is gone, so that writing
+// them does not delay the sockets still being handled (timing measurements).
+const buffered = options.buffer ? [] : null;
 const print = (line) => console.log(JSON.stringify(line));
+const note = (line) => (buffered ? buffered.push(line) : print(line));
 
 const sockets = [];
 let connected = 0;
@@ -43,7 +48,7 @@ function open(i) {
     const socket = io(URL, clientOptions);
     sockets[i] = socket;
     socket.onAny((name, ...args) => {
-      if (report.has(name)) print({ event: 'emit', i, name, args, t: Date.now() });
+      if (report.has(name)) note({ event: 'emit', i, name, args, t: Date.now() });
     });
     socket.once('connect', () => {
       connected += 1;
@@ -54,9 +59,12 @@ function open(i) {
       resolve();
     });
     socket.on('disconnect', (reason) => {
-      print({ event: 'disconnect', i, reason, t: Date.now() });
+      note({ event: 'disconnect', i, reason, t: Date.now() });
       gone += 1;
-      if (gone === count) print({ event: 'gone' }); // node then exits by itself, stdout flushed
+      if (gone === count) {
+        for (const line of buffered ?? []) print(line);
+        print({ event: 'gone' }); // node then exits by itself, stdout flushed
+      }
     });
   });
 }
