@@ -32,3 +32,4 @@ AUTH_EXPIRED = Close(4010, "auth_expired")
 REVOKED = Close(4011, "revoked")
 REFRESH_REUSE = Close(4011, "refresh_reuse")
 DISCONNECTED = Close(4011, "disconnected")
+RATE_LIMITED = Close(4029, "rate_limited")  # a socket that stayed over client_event_rate
