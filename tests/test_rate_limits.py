@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from gateway.auth.tokens import TokenService
 from gateway.config import load_config
+from gateway.errors import ConfigError
 from gateway.rate_limits import CLIENT_NAME
 from tests.conftest import Gateway, MakeGateway
 from tests.support import (
@@ -329,3 +330,21 @@ def test_the_demo_raises_the_per_address_rates() -> None:
     assert (demo.http_rate_per_ip, demo.connect_rate_per_ip) == (600, 600)
     configured = load_config(environ={"TICKETGATE_HTTP_RATE_PER_IP": "7"}, flags={"demo": True})
     assert configured.http_rate_per_ip == 7
+
+
+def test_the_settings_come_from_the_environment_and_are_validated() -> None:
+    env = {
+        "TICKETGATE_CLIENT_EVENT_RATE": "2.5",
+        "TICKETGATE_CLIENT_EVENT_BURST": "3",
+        "TICKETGATE_CLIENT_ABUSE_SECONDS": "0.5",
+        "TICKETGATE_HTTP_RATE_PER_IP": "11",
+        "TICKETGATE_CONNECT_RATE_PER_IP": "12",
+    }
+    config = load_config(environ=env)
+    assert (config.client_event_rate, config.client_event_burst, config.client_abuse_seconds) == (2.5, 3, 0.5)
+    assert (config.http_rate_per_ip, config.connect_rate_per_ip) == (11, 12)
+    defaults = load_config(environ={})
+    assert (defaults.client_event_rate, defaults.client_event_burst, defaults.client_abuse_seconds) == (20, 40, 5)
+    for name in env:
+        with pytest.raises(ConfigError, match=name.removeprefix("TICKETGATE_").lower()):
+            load_config(environ={name: "0"})
