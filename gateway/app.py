@@ -22,6 +22,7 @@ from gateway.demo import demo_files
 from gateway.lifetime import Lifetime
 from gateway.messages import MessageService
 from gateway.metrics import Metrics
+from gateway.rate_limits import RateLimits
 from gateway.realtime import Realtime, create_server
 from gateway.scheduler import Scheduler
 from gateway.store import create_store
@@ -75,6 +76,7 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
             http.error_middleware,
             http.origin_middleware_for(origins, f"/{SOCKETIO_PATH}/", RAW_SESSION_PREFIX),
             http.handshake_limit_for(f"/{SOCKETIO_PATH}/"),
+            http.rate_limit_middleware,
         ],
     )
     metrics = Metrics()
@@ -82,6 +84,7 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
     tokens = TokenService(config=config, http=lambda: app[keys.http_client], jwks_min_refresh=jwks_min_refresh)
     sio = create_server(config, cors=origins.engineio_check)
     realtime = Realtime(sio=sio, scheduler=Scheduler(), max_held=config.max_held_events, metrics=metrics)
+    rate_limits = RateLimits(config=config, realtime=realtime, metrics=metrics)
     tickets = TicketService(store=store, ttl=config.ticket_ttl, leeway=config.leeway)
     sessions = SessionService(config=config, store=store, tokens=tokens, fanout=realtime)
     refresh = RefreshService(store=store, fanout=realtime, ttl=config.refresh_ttl)
@@ -106,13 +109,19 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
     app[keys.lifetime] = lifetime
     app[keys.admission] = admission
     app[keys.realtime] = realtime
+    app[keys.rate_limits] = rate_limits
     app[keys.sessions] = sessions
     app[keys.openapi] = build_openapi(version=__version__)
 
     messages = MessageService(store=store, fanout=realtime, maxlen=config.upstream_maxlen)
-    SocketHandlers(config=config, admission=admission, messages=messages, realtime=realtime, metrics=metrics).register(
-        sio
-    )
+    SocketHandlers(
+        config=config,
+        admission=admission,
+        messages=messages,
+        realtime=realtime,
+        metrics=metrics,
+        rate_limits=rate_limits,
+    ).register(sio)
     sio.attach(app, socketio_path=SOCKETIO_PATH)
     http.setup_routes(app)
     app.router.add_get(RAW_SESSION_PREFIX + "{sessionId}", session_socket)
@@ -123,7 +132,9 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
         app.router.add_static("/demo/", demo.page, show_index=False, append_version=False)
 
     app.on_response_prepare.append(http.node_header(config.node_name))
-    app.cleanup_ctx.extend([_key_files_ctx, _http_client_ctx, _jwks_refresh_ctx, _store_ctx, _realtime_ctx])
+    app.cleanup_ctx.extend(
+        [_key_files_ctx, _http_client_ctx, _jwks_refresh_ctx, _store_ctx, _rate_limits_ctx, _realtime_ctx]
+    )
     # Not a cleanup_ctx: aiohttp runs on_shutdown *before* it waits for open
     # handlers (every WebSocket is one), cleanup_ctx only after that wait.
     # Sockets must hear `closing` 1001 first, so this hook has to run there.
@@ -166,6 +177,11 @@ async def _jwks_refresh_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[keys.store].close()
+
+
+async def _rate_limits_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[keys.rate_limits].close()
 
 
 async def _realtime_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "TICKETGATE_"
 MIN_SECRET_BYTES = 32
+# --demo's per-address rates, unless configured: QA testers behind one office
+# address, clicking through the demo in several tabs, must not trip them.
+DEMO_RATES = {"http_rate_per_ip": 600, "connect_rate_per_ip": 600}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +81,16 @@ class Config:
     refresh_ttl: float = 86400
     per_message_auth: bool = False
     max_pending_per_ip: int = 100
+    # Rate limits (gateway/rate_limits.py): client events per socket (a token
+    # bucket: events per second, and how many at once), how long a socket may
+    # stay over it before it is closed; HTTP requests to the auth and ticket
+    # routes, and connects, per client address per minute (cluster-wide on
+    # the redis engine). --demo raises the per-address ones (DEMO_RATES).
+    client_event_rate: float = 20
+    client_event_burst: int = 40
+    client_abuse_seconds: float = 5
+    http_rate_per_ip: int = 120
+    connect_rate_per_ip: int = 300
     max_message_bytes: int = 16 * 1024  # JSON size of a `message` event's data
     upstream_maxlen: int = 100_000  # tg:upstream is trimmed to about this many entries
     max_held_events: int = 1000  # per socket awaiting re-auth, and per user once parked
@@ -159,6 +172,11 @@ class ConfigSchema(Schema):
     refresh_ttl = fields.Float(validate=_positive)
     per_message_auth = fields.Boolean()
     max_pending_per_ip = fields.Integer(validate=validate.Range(min=1))
+    client_event_rate = fields.Float(validate=_positive)
+    client_event_burst = fields.Integer(validate=validate.Range(min=1))
+    client_abuse_seconds = fields.Float(validate=_positive)
+    http_rate_per_ip = fields.Integer(validate=validate.Range(min=1))
+    connect_rate_per_ip = fields.Integer(validate=validate.Range(min=1))
     max_message_bytes = fields.Integer(validate=validate.Range(min=1, max=60 * 1024))
     upstream_maxlen = fields.Integer(validate=validate.Range(min=1))
     max_held_events = fields.Integer(validate=validate.Range(min=1, max=100_000))
@@ -319,6 +337,9 @@ def load_config(
         generated.add("secret")
     if data.get("demo") and "public_rooms" not in data:
         data["public_rooms"] = ("room:demo-*",)
+    if data.get("demo"):
+        for name, value in DEMO_RATES.items():
+            data.setdefault(name, value)
     if data.get("demo") and data.get("admin_token") is None:
         data["admin_token"] = secrets.token_urlsafe(24)
         generated.add("admin_token")

@@ -12,6 +12,7 @@ from gateway.auth.tokens import TokenService
 from gateway.config import Config
 from gateway.lifetime import Lifetime
 from gateway.metrics import Metrics
+from gateway.rate_limits import RateLimits
 from gateway.realtime import Realtime
 from gateway.store import Store
 
@@ -24,5 +25,6 @@ sessions = web.AppKey("sessions", SessionService)
 lifetime = web.AppKey("lifetime", Lifetime)
 admission = web.AppKey("admission", Admission)
 realtime = web.AppKey("realtime", Realtime)
+rate_limits = web.AppKey("rate_limits", RateLimits)
 http_client = web.AppKey("http_client", aiohttp.ClientSession)
 openapi = web.AppKey("openapi", dict)

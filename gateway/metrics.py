@@ -40,6 +40,14 @@ class Metrics:
             "Sockets closed because they did not read what they were sent (max_buffered_bytes)",
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "ticketgate_rate_limited",
+            "Actions refused by a rate limit: client_event (per socket), http and connect (per address)",
+            ["limit"],
+            registry=self.registry,
+        )
+        for limit in ("client_event", "http", "connect"):
+            self.rate_limited.labels(limit)  # listed at 0 from the start
         self.disconnects = Counter(
             "ticketgate_admin_disconnects", "Sockets closed by the disconnect API", ["reason"], registry=self.registry
         )

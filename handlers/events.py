@@ -20,10 +20,19 @@ from marshmallow import Schema
 from gateway import closes
 from gateway.auth.admission import QUERY_FIELDS, Admission
 from gateway.config import Config
-from gateway.errors import AmbiguousCredentials, AuthExpired, Forbidden, GatewayError, InvalidRequest, PayloadTooLarge
+from gateway.errors import (
+    AmbiguousCredentials,
+    AuthExpired,
+    Forbidden,
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RateLimited,
+)
 from gateway.formats import iso_z
 from gateway.messages import MessageService, may_join
 from gateway.metrics import Metrics
+from gateway.rate_limits import RateLimits
 from gateway.realtime import Conn, Realtime, Server
 from handlers import schemas
 from handlers.errors import ack_error, connect_error_data
@@ -67,12 +76,14 @@ class SocketHandlers:
         messages: MessageService,
         realtime: Realtime,
         metrics: Metrics,
+        rate_limits: RateLimits,
     ) -> None:
         self._config = config
         self._admission = admission
         self._messages = messages
         self._realtime = realtime
         self._metrics = metrics
+        self._rate_limits = rate_limits
 
     def register(self, sio: Server) -> None:
         sio.engine_opened = self.engine_opened
@@ -93,6 +104,9 @@ class SocketHandlers:
 
     async def connect(self, sid: str, environ: Mapping[str, Any], auth: Any = None) -> None:
         try:
+            # Every Socket.IO CONNECT counts, whatever comes of it (an Engine.IO
+            # handshake alone does not: max_pending_per_ip bounds those).
+            await self._rate_limits.connect(client_address(environ))
             fields = read_credentials(auth, environ)
             welcome = await self._admission.connect(sid, fields)
         except GatewayError as exc:
@@ -116,7 +130,8 @@ class SocketHandlers:
         self, event: str, schema: Schema, action: Callable[[Conn, dict[str, Any]], Awaitable[Ack]]
     ) -> Callable[[str, Any], Awaitable[Ack | None]]:
         """Wrap ``action`` with the rules every event shares: pending sockets may
-        only authenticate; the payload is validated; errors become acks."""
+        only authenticate; each event spends the socket's rate; the payload is
+        validated; errors become acks."""
 
         async def handle(sid: str, data: Any = None) -> Ack | None:
             conn = self._realtime.get(sid)
@@ -125,6 +140,9 @@ class SocketHandlers:
             if conn.pending and event != "authenticate":
                 await self._unauthenticated(sid, event)
                 return None
+            refused = self._over_rate(conn)
+            if refused is not None:
+                return refused
             try:
                 if conn.awaiting_reauth and event in ("join", "message"):
                     raise AuthExpired("re-authenticate first: this socket's authentication expired")
@@ -135,6 +153,15 @@ class SocketHandlers:
 
         return handle
 
+    def _over_rate(self, conn: Conn) -> Ack | None:
+        """The rate_limited ack when ``conn`` is over its event rate, else None.
+        Not logged per event: a flood would flood the log (RateLimits logs a run)."""
+        try:
+            self._rate_limits.client_event(conn)
+        except RateLimited as exc:
+            return ack_error(exc)
+        return None
+
     async def _unauthenticated(self, sid: str, event: str) -> None:
         logger.info("closing sid=%s reason=unauthenticated (sent %s before authenticate)", sid, event)
         await self._realtime.close(sid, closes.UNAUTHENTICATED)
@@ -144,7 +171,8 @@ class SocketHandlers:
         if conn is not None and conn.pending:
             await self._unauthenticated(sid, event)
             return None
-        return ack_error(InvalidRequest("unknown event"))
+        refused = self._over_rate(conn) if conn is not None else None
+        return refused or ack_error(InvalidRequest("unknown event"))
 
     async def _authenticate(self, conn: Conn, payload: dict[str, Any]) -> Ack:
         principal, dropped = await self._admission.authenticate(conn, payload)

@@ -162,6 +162,20 @@ def origin_middleware_for(policy: OriginPolicy, *path_prefixes: str) -> Callable
     return origin_middleware
 
 
+# PROTOCOL §2 and issue #16: the routes anyone may call that cost the store a
+# write (or, for /auth/verify, an attempt), limited per client address.
+RATE_LIMITED_ROUTES = frozenset({"/auth/initiate", "/auth/verify", "/auth/devices", "/ws/ticket"})
+
+
+@web.middleware
+async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``http_rate_per_ip``: 429 ``rate_limited`` with Retry-After (error_middleware
+    renders it). The address is the one forwarded_middleware settled on."""
+    if request.method == "POST" and request.path in RATE_LIMITED_ROUTES:
+        await request.app[keys.rate_limits].http(request.remote or "unknown")
+    return await handler(request)
+
+
 def handshake_limit_for(path_prefix: str) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Refuse a new Engine.IO session (a Socket.IO handshake: no ``sid`` yet) with
     429 while its address holds ``max_pending_per_ip`` sessions that never sent

@@ -53,6 +53,7 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
         if realtime.draining:
             await ws.close(code=closes.GOING_AWAY.code, message=closes.GOING_AWAY.reason.encode())
             return ws
+        await request.app[keys.rate_limits].connect(request.remote or "unknown")
         params = {"sessionId": session_id, "token": request.query.get("token", "")}
         try:
             schemas.load(schemas.RawSessionParams(), params)

@@ -33,7 +33,8 @@ async def drain(
 ) -> tuple[list[dict[str, Any]], float, float]:
     """Connect ``count`` official clients to a real gateway process, SIGTERM it;
     (each socket's lines, SIGTERM time, exit time), times from time.time()."""
-    node = gateway_process({**cluster_keys, "max_pending_per_ip": count + 10})
+    # One address (127.0.0.1) opens `count` connects in a couple of seconds: above the defaults.
+    node = gateway_process({**cluster_keys, "max_pending_per_ip": count + 10, "connect_rate_per_ip": count + 10})
     node.start()
     token, _ = TokenService(config=load_config(file=node.config_file, environ={})).mint("alice", ttl=600)
     options: dict[str, Any] = {

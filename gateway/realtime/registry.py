@@ -30,6 +30,10 @@ class Conn:
     awaiting_reauth: bool = False  # its auth expired under on_expiry=reauth: holds until it re-authenticates
     held: list[tuple[str, Any]] = field(default_factory=list)
     dropped: int = 0  # held events dropped at the cap, not yet reported
+    # client_event_rate (gateway/rate_limits.py): its token bucket, and its run of refusals
+    event_tat: float = 0.0
+    limited_since: float = 0.0
+    limited_last: float = 0.0
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     warn_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     refresh_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
