@@ -168,6 +168,7 @@ async def load(url: str, spec: dict[str, Any], *, hold: Callable[[], Any] | None
         cwd=BENCH,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        limit=1 << 24,  # a line of latencies
     )
     assert proc.stdout is not None and proc.stdin is not None
     lines: list[dict[str, Any]] = []

@@ -55,7 +55,7 @@ function open(auth) {
       const now = performance.now();
       delivered += 1;
       lastDelivery = now;
-      if (data && typeof data.sentAt === 'number') latencies.push(Date.now() - data.sentAt);
+      if (spec.publishRate && data && typeof data.sentAt === 'number') latencies.push(Date.now() - data.sentAt);
       onDelivery();
     });
     socket.once('authenticated', () => resolve(true));

@@ -1,11 +1,14 @@
 """Rate limits, all of them, behind one small interface (issue #16).
 
 * **Per client address** (``http_rate_per_ip``, ``connect_rate_per_ip``, per
-  minute): counted by the ``limits`` library's moving window, in its
+  minute): counted by the ``limits`` library's sliding window counter, in its
   in-process storage on the memory engine and in Redis on the redis engine, so
-  that the limit holds for the cluster, not per node. A moving window, not a
-  fixed one: at most N in *any* 60 s, never 2N across a window's edge. One
-  EVALSHA (limits' ``acquire_moving_window.lua``) per counted action. A
+  that the limit holds for the cluster, not per node. Sliding, not fixed: the
+  previous minute's count weighs on the current one by how much of it is still
+  inside the last 60 s, so a window's edge never lets 2N through. Two counters
+  per address, not a list of every request (limits' moving window kept one,
+  and its in-process storage swept those lists with a thread hop per key):
+  O(1) per counted action, one EVALSHA on Redis. A
   refusal asks once more, for when the window frees a slot (``Retry-After``);
   until then this node refuses the address by itself, so a flood from one
   address costs no further Redis round trip. Keys are
@@ -37,7 +40,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 
 from gateway import closes
@@ -107,7 +110,7 @@ class RateLimits:
         else:
             storage = MemoryStorage(wrap_exceptions=True)
         self._storage = storage
-        self._limiter = MovingWindowRateLimiter(storage)
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._blocked: dict[str, float] = {}  # window key -> until when (time.time()) it is full
 
     async def close(self) -> None:
@@ -167,6 +170,11 @@ class RateLimits:
         if it has been over the limit for ``client_abuse_seconds``, its close
         (4029) is ordered too, to follow the refused event's ack."""
         now = time.monotonic()
+        if conn.limited_since == math.inf:
+            # Its close is ordered: nothing more of it is handled, or an event
+            # accepted while the close goes out would reach the room unacked.
+            self._metrics.rate_limited.labels("client_event").inc()
+            raise RateLimited("this socket is being closed for its rate", retry_after=self._abuse_seconds)
         # GCRA: event_tat is when the bucket will be full again; an event takes
         # one interval, and the bucket holds `client_event_burst` of them.
         tat = max(conn.event_tat, now)

@@ -57,7 +57,7 @@ def read_credentials(auth: Any, environ: Mapping[str, Any]) -> dict[str, str]:
                 if len(values) > 1:
                     raise AmbiguousCredentials(f"{name} given more than once")
                 source[name] = values[0]
-    return schemas.load(schemas.ConnectAuth(), source)
+    return schemas.load(schemas.ConnectAuth, source)
 
 
 def client_address(environ: Mapping[str, Any]) -> str:
@@ -90,11 +90,11 @@ class SocketHandlers:
         sio.engine_closed = self._admission.engine_closed
         sio.on("connect", self.connect)
         sio.on("disconnect", self.disconnect)
-        sio.on("authenticate", self._handler("authenticate", schemas.AuthenticateEvent(), self._authenticate))
-        sio.on("join", self._handler("join", schemas.RoomEvent(), self._join))
-        sio.on("leave", self._handler("leave", schemas.RoomEvent(), self._leave))
-        sio.on("refresh", self._handler("refresh", schemas.RefreshEvent(), self._refresh))
-        sio.on("message", self._handler("message", schemas.MessageEvent(), self._message))
+        sio.on("authenticate", self._handler("authenticate", schemas.AuthenticateEvent, self._authenticate))
+        sio.on("join", self._handler("join", schemas.RoomEvent, self._join))
+        sio.on("leave", self._handler("leave", schemas.RoomEvent, self._leave))
+        sio.on("refresh", self._handler("refresh", schemas.RefreshEvent, self._refresh))
+        sio.on("message", self._handler("message", schemas.MessageEvent, self._message))
         sio.on("*", self.unknown_event)
 
     # -- connect / disconnect ---------------------------------------------------
@@ -127,7 +127,7 @@ class SocketHandlers:
     # -- client events ------------------------------------------------------------
 
     def _handler(
-        self, event: str, schema: Schema, action: Callable[[Conn, dict[str, Any]], Awaitable[Ack]]
+        self, event: str, schema: type[Schema], action: Callable[[Conn, dict[str, Any]], Awaitable[Ack]]
     ) -> Callable[[str, Any], Awaitable[Ack | None]]:
         """Wrap ``action`` with the rules every event shares: pending sockets may
         only authenticate; each event spends the socket's rate; the payload is

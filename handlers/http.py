@@ -194,7 +194,7 @@ def handshake_limit_for(path_prefix: str) -> Callable[..., Awaitable[web.StreamR
     return handshake_limit
 
 
-async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
+async def load_body(request: web.Request, schema: type[Schema]) -> dict[str, Any]:
     raw = await request.read()  # raises 413 past client_max_size
     if not raw.strip():
         raw = b"{}"
@@ -257,7 +257,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def issue_ticket(request: web.Request) -> web.Response:
     principal = await request.app[keys.tokens].verify(bearer(request))
-    await load_body(request, schemas.TicketRequest())
+    await load_body(request, schemas.TicketRequest)
     issued = await request.app[keys.tickets].issue(principal)
     request.app[keys.metrics].tickets_issued.inc()
     body = {"ticket": issued.ticket, "expires": issued.expires, "expiresAt": iso_z(issued.expires)}
@@ -266,7 +266,7 @@ async def issue_ticket(request: web.Request) -> web.Response:
 
 async def publish(request: web.Request) -> web.Response:
     require_admin(request)
-    body = await load_body(request, schemas.PublishRequest())
+    body = await load_body(request, schemas.PublishRequest)
     await request.app[keys.realtime].publish(body["room"], body["event"], body["data"])
     request.app[keys.metrics].events_published.inc()
     return web.json_response({"room": body["room"], "event": body["event"]}, status=202)
@@ -275,7 +275,7 @@ async def publish(request: web.Request) -> web.Response:
 async def enroll_device(request: web.Request) -> web.Response:
     if not request.app[keys.config].demo:  # --demo opens enrollment to the demo page
         require_admin(request)
-    body = await load_body(request, schemas.EnrollRequest())
+    body = await load_body(request, schemas.EnrollRequest)
     enrolled = await request.app[keys.sessions].enroll(body["userId"], body["publicKey"])
     response = {
         "deviceId": enrolled.device_id,
@@ -288,7 +288,7 @@ async def enroll_device(request: web.Request) -> web.Response:
 
 
 async def initiate_session(request: web.Request) -> web.Response:
-    body = await load_body(request, schemas.InitiateRequest())
+    body = await load_body(request, schemas.InitiateRequest)
     initiated = await request.app[keys.sessions].initiate(body["userId"])
     response = {
         "sessionId": initiated.session_id,
@@ -300,7 +300,7 @@ async def initiate_session(request: web.Request) -> web.Response:
 
 
 async def verify_session(request: web.Request) -> web.Response:
-    body = await load_body(request, schemas.VerifyRequest())
+    body = await load_body(request, schemas.VerifyRequest)
     await request.app[keys.sessions].verify(
         session_id=body["sessionId"], device_id=body["deviceId"], otp=body["otp"], signature=body["signature"]
     )
@@ -309,8 +309,8 @@ async def verify_session(request: web.Request) -> web.Response:
 
 async def disconnect_user(request: web.Request) -> web.Response:
     require_admin(request)
-    sub = schemas.load(schemas.UserPath(), {"sub": request.match_info["sub"]})["sub"]
-    body = await load_body(request, schemas.DisconnectRequest())
+    sub = schemas.load(schemas.UserPath, {"sub": request.match_info["sub"]})["sub"]
+    body = await load_body(request, schemas.DisconnectRequest)
     closed = await request.app[keys.lifetime].disconnect_user(sub, revoke=body["revokeTokens"])
     return web.json_response({"disconnected": closed})
 

@@ -56,7 +56,7 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
         await request.app[keys.rate_limits].connect(request.remote or "unknown")
         params = {"sessionId": session_id, "token": request.query.get("token", "")}
         try:
-            schemas.load(schemas.RawSessionParams(), params)
+            schemas.load(schemas.RawSessionParams, params)
         except InvalidRequest:
             # PROTOCOL §6.13: the wsToken is judged first, and a malformed one is wrong.
             raise InvalidToken("malformed sessionId or token") from None

@@ -19,6 +19,7 @@ from gateway.store.base import Admission, Attempt, Rotation, Store, check_ttl
 from gateway.store.keys import PREFIX
 
 Value = str | dict[str, str] | list[str] | deque[tuple[str, dict[str, str]]]
+_PRUNE_EVERY = 64  # a user's live-socket registry drops its stale entries at this many entries
 
 
 def _stream_order(entry_id: str) -> tuple[int, int]:
@@ -142,8 +143,13 @@ class MemoryStore(Store):
             return Admission(revoked=True)
         parked = self._live(keys.parked(sub))
         self._data.pop(PREFIX + keys.parked(sub), None)
-        now = time.time()
-        registry = {k: v for k, v in (self._record(keys.sockets(sub)) or {}).items() if float(v) >= now}
+        registry = self._record(keys.sockets(sub)) or {}
+        if len(registry) % _PRUNE_EVERY == 0:
+            # Stale entries go at every _PRUNE_EVERY-th entry, not at each
+            # admission: a scan at every one made N connects of one user O(N²)
+            # (Redis does it with ZREMRANGEBYSCORE, in O(log N)).
+            now = time.time()
+            registry = {k: v for k, v in registry.items() if float(v) >= now}
         registry[sid] = str(until)
         self._set(keys.sockets(sub), registry, ttl)
         return Admission(parked=list(parked) if isinstance(parked, list) else [])
