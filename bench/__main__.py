@@ -262,29 +262,31 @@ def report(results: Results) -> None:
     def median(values: list[float]) -> float:
         return statistics.median(values)
 
-    def ratio(value: float, base: float | None, higher_is_better: bool = True) -> str:
-        if not base:
-            return ""
-        return f"{value / base:.2f}x"
+    def ratio(value: float, base: float | None) -> str:
+        return f"{value / base:.2f}x" if base else ""
 
-    print("\n## connects/s (median of rounds; ratio to Node socket.io)")
-    base = median(results.connects[node])
-    for name, values in results.connects.items():
-        print(f"  {name:40} {median(values):9.0f}   {ratio(median(values), base)}")
-    print("\n## fan-out deliveries/s")
-    base = median(results.deliveries[node])
-    for name, values in results.deliveries.items():
-        print(f"  {name:40} {median(values):9.0f}   {ratio(median(values), base)}")
-    print("\n## KB of RSS per idle authenticated socket (lower is better; ratio to Node)")
+    for title, table in (("connects/s", results.connects), ("fan-out deliveries/s", results.deliveries)):
+        if not table:
+            continue
+        print(f"\n## {title} (median of rounds; ratio to Node socket.io)")
+        base = median(table[node]) if node in table else None
+        for name, values in table.items():
+            print(f"  {name:40} {median(values):9.0f}   {ratio(median(values), base)}")
+    if results.memory:
+        print("\n## KB of RSS per idle authenticated socket (lower is better; ratio to Node)")
     base = results.memory.get(node)
     for name, kb in results.memory.items():
         print(f"  {name:40} {kb:9.1f}   {ratio(kb, base)}")
-    print("\n## cross-node publish -> deliver latency (ms)")
+    if results.latency:
+        print("\n## cross-node publish -> deliver latency (ms)")
     for name, (p50, p99) in results.latency.items():
         print(f"  {name:40} p50 {p50:6.1f}   p99 {p99:6.1f}")
 
 
-async def run(quick: bool) -> None:
+SCENARIOS = ("fanout", "memory", "latency")
+
+
+async def run(quick: bool, only: set[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="tg-bench-"))
     bench = Bench(work)
     results = Results()
@@ -298,13 +300,15 @@ async def run(quick: bool) -> None:
             bench.gateway("ticketgate (memory)"),
             bench.gateway("ticketgate (redis)", redis_url=bench.redis.url),
         ]
-        for round_index in range(rounds):
+        wanted = only or set(SCENARIOS)
+        for round_index in range(rounds if "fanout" in wanted else 0):
             turn = round_index % len(servers)  # rotated: no server always follows the same one
             await fanout_round(bench, results, servers[turn:] + servers[:turn], sockets=sockets, publishes=50)
             await ticket_round(bench, results, servers[2:], sockets=sockets)
-        for server in servers:
+        for server in servers if "memory" in wanted else []:
             await memory(bench, results, server, sockets=500 if quick else 2000)
-        await cross_node(bench, results, sockets=1000 if quick else 5000, publishes=1000, rate=500)
+        if "latency" in wanted:
+            await cross_node(bench, results, sockets=1000 if quick else 5000, publishes=1000, rate=500)
     finally:
         bench.stop()
     report(results)
@@ -314,8 +318,9 @@ async def run(quick: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one small round of each, for a smoke test")
+    parser.add_argument("--only", action="append", choices=SCENARIOS, help="run only these scenarios (repeatable)")
     args = parser.parse_args()
-    asyncio.run(run(args.quick))
+    asyncio.run(run(args.quick, set(args.only) if args.only else None))
 
 
 if __name__ == "__main__":

@@ -73,10 +73,7 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
         client_max_size=MAX_BODY_BYTES,
         middlewares=[
             *([http.forwarded_middleware(config.trusted_proxies)] if config.trusted_proxies else []),
-            http.error_middleware,
-            http.origin_middleware_for(origins, f"/{SOCKETIO_PATH}/", RAW_SESSION_PREFIX),
-            http.handshake_limit_for(f"/{SOCKETIO_PATH}/"),
-            http.rate_limit_middleware,
+            http.doors_middleware(origins, raw_prefix=RAW_SESSION_PREFIX),
         ],
     )
     metrics = Metrics()

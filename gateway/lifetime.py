@@ -14,7 +14,7 @@ import logging
 import time
 
 from gateway import closes
-from gateway.auth.refresh import IssuedRefresh, RefreshService, family_room
+from gateway.auth.refresh import IssuedRefresh, RefreshService
 from gateway.auth.tokens import Principal
 from gateway.config import Config
 from gateway.errors import GatewayError
@@ -79,8 +79,8 @@ class Lifetime:
             return
         sid = conn.sid
         if self._config.expiry_warning > 0:
-            conn.warn_timer = scheduler.at(conn.expires_at - self._config.expiry_warning, lambda: self._warn(sid))
-        conn.timer = scheduler.at(conn.expires_at, lambda: self._expired(sid))
+            conn.warn_timer = scheduler.at(conn.expires_at - self._config.expiry_warning, self._warn, sid)
+        conn.timer = scheduler.at(conn.expires_at, self._expired, sid)
 
     async def _warn(self, sid: str) -> None:
         conn = self._realtime.get(sid)
@@ -100,7 +100,7 @@ class Lifetime:
         deadline = conn.expires_at + self._config.reauth_grace
         conn.awaiting_reauth = True
         self._realtime.start_holding(conn)
-        conn.timer = self._realtime.scheduler.at(deadline, lambda: self._grace_over(sid))
+        conn.timer = self._realtime.scheduler.at(deadline, self._grace_over, sid)
         logger.info("sid=%s reauth_required; holding its events", sid)
         await self._realtime.emit_local(sid, "reauth_required", {"deadline": iso_z(deadline)})
 
@@ -153,15 +153,13 @@ class Lifetime:
 
     async def bind_refresh(self, conn: Conn, issued: IssuedRefresh) -> None:
         """Bind ``conn`` to ``issued``'s family, push the token, and plan its successor."""
-        if conn.family != issued.family:
-            conn.family = issued.family
-            await self._realtime.join(conn.sid, family_room(issued.family))
+        conn.family = issued.family  # its family's close (refresh reuse) finds it by this
         conn.refresh_hash = issued.hash
         scheduler = self._realtime.scheduler
         scheduler.cancel(conn.refresh_timer)
         sid = conn.sid
         # PROTOCOL §6.5: a new token when the bound one has less than a tenth of its life left.
-        conn.refresh_timer = scheduler.at(issued.expires_at - self._refresh.ttl / 10, lambda: self._renew(sid))
+        conn.refresh_timer = scheduler.at(issued.expires_at - self._refresh.ttl / 10, self._renew, sid)
         payload = {"refreshToken": issued.token, "expiresAt": iso_z(issued.expires_at)}
         await self._realtime.emit_local(conn.sid, "refresh_token", payload)
 

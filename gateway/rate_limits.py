@@ -190,5 +190,5 @@ class RateLimits:
             conn.limited_since = math.inf  # ordered once
             logger.info("closing sid=%s reason=rate_limited (over client_event_rate too long)", conn.sid)
             sid = conn.sid
-            self._realtime.scheduler.soon(lambda: self._realtime.close(sid, closes.RATE_LIMITED))
+            self._realtime.scheduler.soon(self._realtime.close, sid, closes.RATE_LIMITED)
         raise RateLimited("too many events from this socket", retry_after=tat + self._interval - self._capacity - now)

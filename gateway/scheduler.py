@@ -16,7 +16,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-Job = Callable[[], Coroutine[Any, Any, None]]
+Job = Callable[..., Coroutine[Any, Any, None]]
 
 
 class Scheduler:
@@ -31,26 +31,29 @@ class Scheduler:
         self._running: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
 
-    def at(self, when: float, job: Job) -> asyncio.TimerHandle:
-        """Run ``job()`` at unix time ``when`` (at once if it is past)."""
+    def at(self, when: float, job: Job, *args: Any) -> asyncio.TimerHandle:
+        """Run ``job(*args)`` at unix time ``when`` (at once if it is past).
+
+        A timer costs its handle, its arguments and a one-item list (the handle,
+        for the timer to forget itself when it fires): no closure per timer,
+        where there are several per socket."""
         loop = asyncio.get_running_loop()
         delay = max(0.0, when - self._clock())
-        handle: asyncio.TimerHandle | None = None
-
-        def fire() -> None:
-            if handle is not None:
-                self._timers.discard(handle)
-            task = loop.create_task(self._run(job))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
-        handle = loop.call_at(loop.time() + delay, fire)
+        box: list[asyncio.TimerHandle] = []
+        handle = loop.call_at(loop.time() + delay, self._fire, job, args, box)
+        box.append(handle)
         self._timers.add(handle)
         return handle
 
-    def soon(self, job: Job) -> asyncio.TimerHandle:
-        """Run ``job()`` once the current handler has returned (e.g. after its ack went out)."""
-        return self.at(self._clock(), job)
+    def soon(self, job: Job, *args: Any) -> asyncio.TimerHandle:
+        """Run ``job(*args)`` once the current handler has returned (e.g. after its ack went out)."""
+        return self.at(self._clock(), job, *args)
+
+    def _fire(self, job: Job, args: tuple[Any, ...], box: list[asyncio.TimerHandle]) -> None:
+        self._timers.discard(box[0])
+        task = asyncio.get_running_loop().create_task(self._run(job, args))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     def cancel(self, handle: asyncio.TimerHandle | None) -> None:
         if handle is not None:
@@ -61,9 +64,9 @@ class Scheduler:
     def pending(self) -> int:
         return len(self._timers)
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job, args: tuple[Any, ...]) -> None:
         try:
-            await job()
+            await job(*args)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -118,7 +118,7 @@ class SocketHandlers:
         self._metrics.connect_attempts.labels("accepted", conn.via if conn is not None else "unknown").inc()
         # python-socketio sends the CONNECT packet once this handler returns; the
         # welcome (`authenticated`, ...) follows it, as a client expects.
-        self._realtime.scheduler.soon(lambda: self._admission.connected(sid, welcome))
+        self._realtime.scheduler.soon(self._admission.connected, sid, welcome)
 
     async def disconnect(self, sid: str, reason: Any = None) -> None:
         if await self._admission.leave(sid):

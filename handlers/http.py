@@ -106,26 +106,18 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> web.Re
     return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except GatewayError as exc:
-        status = code_for(exc, Surface.HTTP)
-        extra = {}
-        attempts_left = getattr(exc, "attempts_left", None)
-        if attempts_left is not None:  # PROTOCOL §6.4
-            extra["attemptsLeft"] = attempts_left
-        response = error_response(status, exc.reason, str(exc), **extra)
-        if isinstance(exc, RateLimited):
-            response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        if isinstance(exc, AuthError) and exc.reason in ("missing_credentials", "invalid_token", "token_expired"):
-            response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
-        return response
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return error_response(exc.status, http_error_code(exc.status), exc.reason)
+def error_response_for(exc: GatewayError) -> web.Response:
+    """A domain error in the PROTOCOL §2 shape, with its status and headers."""
+    extra = {}
+    attempts_left = getattr(exc, "attempts_left", None)
+    if attempts_left is not None:  # PROTOCOL §6.4
+        extra["attemptsLeft"] = attempts_left
+    response = error_response(code_for(exc, Surface.HTTP), exc.reason, str(exc), **extra)
+    if isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    if isinstance(exc, AuthError) and exc.reason in ("missing_credentials", "invalid_token", "token_expired"):
+        response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    return response
 
 
 def forwarded_middleware(trusted: tuple[str, ...]) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -149,49 +141,51 @@ def forwarded_middleware(trusted: tuple[str, ...]) -> Callable[..., Awaitable[we
     return middleware
 
 
-def origin_middleware_for(policy: OriginPolicy, *path_prefixes: str) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Refuse a cross-origin WebSocket/Socket.IO handshake with 403 before any upgrade (PROTOCOL §3, 4003)."""
-
-    @web.middleware
-    async def origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(path_prefixes) and not policy.allows_request(request):
-            logger.info("refused handshake: origin_not_allowed")
-            return error_response(403, "origin_not_allowed", "this Origin may not connect")
-        return await handler(request)
-
-    return origin_middleware
-
-
 # PROTOCOL §2 and issue #16: the routes anyone may call that cost the store a
 # write (or, for /auth/verify, an attempt), limited per client address.
 RATE_LIMITED_ROUTES = frozenset({"/auth/initiate", "/auth/verify", "/auth/devices", "/ws/ticket"})
 
 
-@web.middleware
-async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """``http_rate_per_ip``: 429 ``rate_limited`` with Retry-After (error_middleware
-    renders it). The address is the one forwarded_middleware settled on."""
-    if request.method == "POST" and request.path in RATE_LIMITED_ROUTES:
-        await request.app[keys.rate_limits].http(request.remote or "unknown")
-    return await handler(request)
+def doors_middleware(policy: OriginPolicy, *, raw_prefix: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The one middleware of the doors (a WebSocket's request stays inside every
+    middleware for the socket's life: one frame here, not one per concern).
 
+    Before any handler runs, a request is refused for:
 
-def handshake_limit_for(path_prefix: str) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Refuse a new Engine.IO session (a Socket.IO handshake: no ``sid`` yet) with
-    429 while its address holds ``max_pending_per_ip`` sessions that never sent
-    the Socket.IO CONNECT (admission refuses them too; this door answers in the
-    documented shape, with Retry-After)."""
+    * a cross-origin Socket.IO or raw WebSocket handshake: 403
+      ``origin_not_allowed`` before any upgrade (PROTOCOL §3, 4003);
+    * a new Engine.IO session (no ``sid`` yet) while its address holds
+      ``max_pending_per_ip`` sessions that never sent the Socket.IO CONNECT: 429
+      with Retry-After (admission refuses them too; this answers in the
+      documented shape);
+    * ``http_rate_per_ip`` on the routes anyone may call: 429 ``rate_limited``.
 
-    @web.middleware
-    async def handshake_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(path_prefix) and request.method == "GET" and "sid" not in request.query:
-            admission = request.app[keys.admission]
-            if admission.unconnected_full(request.remote or "unknown"):
-                retry = request.app[keys.config].auth_timeout
-                raise RateLimited("too many unauthenticated sessions from this address", retry_after=retry)
-        return await handler(request)
+    And every error, these and the handlers', leaves in the PROTOCOL §2 shape:
+    domain errors are translated here and nowhere else. The address is the one
+    forwarded_middleware settled on."""
 
-    return handshake_limit
+    async def doors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            path = request.path
+            if path.startswith((SOCKETIO_PREFIX, raw_prefix)):
+                if not policy.allows_request(request):
+                    logger.info("refused handshake: origin_not_allowed")
+                    return error_response(403, "origin_not_allowed", "this Origin may not connect")
+                if path.startswith(SOCKETIO_PREFIX) and request.method == "GET" and "sid" not in request.query:
+                    if request.app[keys.admission].unconnected_full(request.remote or "unknown"):
+                        retry = request.app[keys.config].auth_timeout
+                        raise RateLimited("too many unauthenticated sessions from this address", retry_after=retry)
+            elif request.method == "POST" and path in RATE_LIMITED_ROUTES:
+                await request.app[keys.rate_limits].http(request.remote or "unknown")
+            return await handler(request)
+        except GatewayError as exc:
+            return error_response_for(exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return error_response(exc.status, http_error_code(exc.status), exc.reason)
+
+    return web.middleware(doors)
 
 
 async def load_body(request: web.Request, schema: type[Schema]) -> dict[str, Any]:

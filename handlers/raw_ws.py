@@ -74,7 +74,7 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
         await raw.close(closes.REPLACED)
         return ws
     metrics.connect_attempts.labels("accepted", "raw_session").inc()
-    timer = realtime.scheduler.at(opened.expires_at, lambda: raw.close(closes.EXPIRED))
+    timer = realtime.scheduler.at(opened.expires_at, raw.close, closes.EXPIRED)
     logger.info("raw session socket %s connected", raw.id)
     try:
         otp_ready = {"type": "otp_ready", "autoPassword": opened.auto_password, "expiresAt": iso_z(opened.expires_at)}

@@ -111,7 +111,7 @@ class DeadlineRequestHandler(RequestHandler):
         if not self._request_in_progress:
             self.force_close()
             return
-        # The handler's read raises 408 (error_middleware answers it), and the
+        # The handler's read raises 408 (doors_middleware answers it), and the
         # connection closes after the answer instead of lingering over the rest
         # of a body that does not come.
         self._lingering_time = 0.0

@@ -241,7 +241,7 @@ class Admission:
         self._metrics.connected_sockets.inc()
         if await self._sessions.superseded(session_id, opened.seq):
             raise ClosedWhileConnecting(closes.REPLACED)
-        conn.timer = self._realtime.scheduler.at(opened.expires_at, lambda: self._realtime.close(sid, closes.EXPIRED))
+        conn.timer = self._realtime.scheduler.at(opened.expires_at, self._realtime.close, sid, closes.EXPIRED)
         logger.debug("connect sid=%s session via=session", sid)
         expires = iso_z(opened.expires_at)
 
@@ -266,7 +266,7 @@ class Admission:
         if self.unconnected_full(addr):
             logger.info("refused an Engine.IO session: too many unauthenticated ones from one address")
             return False
-        timer = self._realtime.scheduler.at(time.time() + self._config.auth_timeout, lambda: self._timeout(eio_sid))
+        timer = self._realtime.scheduler.at(time.time() + self._config.auth_timeout, self._timeout, eio_sid)
         self._waiting[eio_sid] = _Waiting(addr=addr, timer=timer)
         self._waiting_by_addr[addr] += 1
         self._unconnected_by_addr[addr] += 1
@@ -305,7 +305,7 @@ class Admission:
         _decrement(self._unconnected_by_addr, waiting.addr)
         self._realtime.scheduler.cancel(waiting.timer)
         deadline = time.time() + self._config.auth_timeout
-        waiting.timer = self._realtime.scheduler.at(deadline, lambda: self._timeout(eio_sid))
+        waiting.timer = self._realtime.scheduler.at(deadline, self._timeout, eio_sid)
         self._realtime.register(Conn(sid=sid, via="pending", expires_at=deadline))
         logger.debug("connect sid=%s pending authenticate", sid)
         return _nothing  # a pending socket is told nothing until it authenticates
@@ -366,7 +366,7 @@ class Admission:
         """PROTOCOL §6.8: ack invalid_token, then (after the ack) closing 4001."""
         logger.info("closing sid=%s reason=invalid_token (re-authentication as another sub)", conn.sid)
         sid = conn.sid
-        self._realtime.scheduler.soon(lambda: self._realtime.close(sid, closes.INVALID_TOKEN))
+        self._realtime.scheduler.soon(self._realtime.close, sid, closes.INVALID_TOKEN)
         raise InvalidToken("re-authentication must keep the same sub")
 
     async def refresh(self, conn: Conn, token: str) -> IssuedRefresh:

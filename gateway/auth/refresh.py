@@ -23,14 +23,10 @@ from typing import Any
 from gateway import closes
 from gateway.auth.tokens import Principal
 from gateway.errors import InvalidToken, RefreshReuse, Revoked
-from gateway.realtime import Fanout
+from gateway.realtime import Fanout, family_room
 from gateway.store import Store, keys
 
 _TOKEN_BYTES = 32
-
-
-def family_room(family: str) -> str:
-    return f"family:{family}"
 
 
 def token_hash(token: str) -> str:

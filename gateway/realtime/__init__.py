@@ -13,7 +13,14 @@
 from __future__ import annotations
 
 from gateway.realtime.fanout import Fanout
-from gateway.realtime.names import NAMESPACE, RESERVED_EVENTS, ROOM_PATTERN, is_reserved_event, user_room
+from gateway.realtime.names import (
+    NAMESPACE,
+    RESERVED_EVENTS,
+    ROOM_PATTERN,
+    family_room,
+    is_reserved_event,
+    user_room,
+)
 from gateway.realtime.node import RawSocket, Realtime
 from gateway.realtime.registry import Conn
 from gateway.realtime.server import Server, create_server
@@ -28,6 +35,7 @@ __all__ = [
     "Realtime",
     "Server",
     "create_server",
+    "family_room",
     "is_reserved_event",
     "user_room",
 ]

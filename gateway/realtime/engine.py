@@ -94,7 +94,6 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
     # python-engineio's (BaseSocket.__init__), typed here.
     server: EngineServer
     sid: str
-    queue: asyncio.Queue[Any]
     last_ping: float | None
     connected: bool
     upgrading: bool
@@ -102,12 +101,28 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
     closing: bool
     closed: bool
 
-    def __init__(self, server: EngineServer, sid: str) -> None:
+    def __init__(self, server: EngineServer, sid: str, *, websocket: bool) -> None:
+        self._queue: asyncio.Queue[Any] | None = None
         super().__init__(server, sid)
+        # A session that starts on a WebSocket never polls: what is sent before
+        # the WebSocket takes over (its OPEN packet) waits in a list, and it
+        # never builds an asyncio.Queue (about 3 KB a session).
+        self._early: list[eio_packet.Packet] | None = [] if websocket else None
         self.transport: asyncio.Transport | None = None
         self._ping: asyncio.TimerHandle | None = None
         self._queued_bytes = 0  # what waits in the queue for a long-polling client
         self.slow = False  # closed as a slow consumer
+
+    @property
+    def queue(self) -> asyncio.Queue[Any]:
+        """python-engineio's queue of a long-polling session, built at first use."""
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        return self._queue
+
+    @queue.setter
+    def queue(self, value: asyncio.Queue[Any] | None) -> None:
+        self._queue = value  # BaseSocket.__init__ sets it from create_queue(): None
 
     # -- sending ------------------------------------------------------------
 
@@ -117,7 +132,7 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
             return
         if self.closed:
             return
-        self._queue(pkt)
+        self._enqueue(pkt)
 
     def deliver(self, wire: bytes, pkt: eio_packet.Packet) -> None:
         """A broadcast's packet, already encoded (``wire`` is its frame): a write
@@ -125,7 +140,7 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         if self.transport is not None:
             self.write(wire)
         elif not self.closed and not self.slow:
-            self._queue(pkt)
+            self._enqueue(pkt)
 
     def write(self, wire: bytes) -> None:
         transport = self.transport
@@ -135,7 +150,10 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         if transport.get_write_buffer_size() > self.server.max_buffered:
             self._slow_consumer()
 
-    def _queue(self, pkt: eio_packet.Packet) -> None:
+    def _enqueue(self, pkt: eio_packet.Packet) -> None:
+        if self._early is not None:
+            self._early.append(pkt)
+            return
         self.queue.put_nowait(pkt)
         if pkt.packet_type == eio_packet.MESSAGE:
             self._queued_bytes += len(pkt.data) if pkt.data is not None else 0
@@ -175,7 +193,7 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         if self.transport is not None:
             self.write(packet_frame(ping))
         else:
-            self.queue.put_nowait(ping)
+            self._enqueue(ping)
         self._rearm(self.server.ping_timeout, self._pong_overdue)
 
     def _pong_overdue(self) -> None:
@@ -203,9 +221,10 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
                 transport.close()
             asyncio.get_running_loop().call_later(grace, transport.abort)
             return
-        while not self.queue.empty():
-            self.queue.get_nowait()
-            self.queue.task_done()
+        self._early = None
+        while self._queue is not None and not self._queue.empty():
+            self._queue.get_nowait()
+            self._queue.task_done()
         self._queued_bytes = 0
         self.server.start_background_task(self.close, wait=False, abort=True)
 
@@ -232,7 +251,11 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
             self.upgraded, self.upgrading = True, False
         else:
             self.connected = self.upgraded = True
-        self._take_over(ws.request.transport)
+        await self.run(response, ws.request.transport)
+
+    async def run(self, response: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
+        """The session on its WebSocket, until the connection ends: written directly, read here."""
+        self._take_over(transport)
         try:
             await self._read(response)
         finally:
@@ -252,9 +275,13 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         """From now on, write to the WebSocket: what is queued first, in order."""
         if transport is None:
             return
-        while not self.queue.empty():
-            pkt = self.queue.get_nowait()
-            self.queue.task_done()
+        early, self._early = self._early or [], None
+        for pkt in early:
+            transport.write(packet_frame(pkt))
+        queue, self._queue = self._queue, None  # an upgraded session's, drained and dropped
+        while queue is not None and not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
             if pkt is not None:
                 transport.write(packet_frame(pkt))
         self._queued_bytes = 0
@@ -306,7 +333,6 @@ class WebSocketDriver(aiohttp_driver.WebSocket):  # type: ignore[misc]
             max_msg_size=self.server.max_http_buffer_size, compress=False
         )
         await self.response.prepare(self.request)
-        self.environ = environ
         await self.handler(self)
         return self.response
 
@@ -381,19 +407,16 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def create_queue(self, *args: Any, **kwargs: Any) -> None:
+        """None: an EngineSocket builds its queue at first use (see EngineSocket.queue)."""
+        return None
+
     async def _handle_connect(self, environ: Mapping[str, Any], transport: str, jsonp_index: int | None = None) -> Any:
         """A new session: python-engineio's steps, with an EngineSocket."""
         sid = self.generate_id()
-        socket = EngineSocket(self, sid)
+        socket = EngineSocket(self, sid, websocket=transport == "websocket")
         self.sockets[sid] = socket
-        opening = {
-            "sid": sid,
-            "upgrades": self._upgrades(sid, transport),
-            "pingTimeout": int(self.ping_timeout * 1000),
-            "pingInterval": int(self.ping_interval + self.ping_interval_grace_period) * 1000,
-            "maxPayload": self.max_http_buffer_size,
-        }
-        await socket.send(eio_packet.Packet(eio_packet.OPEN, opening))
+        await socket.send(eio_packet.Packet(eio_packet.OPEN, self._opening(sid, transport)))
         accepted = await self._trigger_event("connect", sid, environ, run_async=False)
         if accepted is not None and accepted is not True:
             del self.sockets[sid]
@@ -418,6 +441,8 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
                 self.sockets.pop(one, None)
 
     async def handle_request(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET" and "sid" not in request.query and request.query.get("transport") == "websocket":
+            return await self._websocket_session(request)
         if request.method != "POST":
             response: web.StreamResponse = await super().handle_request(request)
             return response
@@ -431,6 +456,60 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         except web.HTTPRequestEntityTooLarge:  # a chunked body past the limit, from request.read()
             await self._refuse_oversized(sid)
         return response
+
+    async def _websocket_session(self, request: web.Request) -> web.StreamResponse:
+        """A session that starts on a WebSocket (socket.io-client with
+        ``transports: ["websocket"]``, the common case behind a balancer), from
+        its handshake to its end in this one coroutine.
+
+        python-engineio's way through the same steps (``handle_request``,
+        ``_handle_connect``, ``handle_get_request``, ``_upgrade_websocket``, the
+        driver, ``_websocket_handler``) kept six more coroutine frames, each
+        holding the handshake's environ, alive for the socket's whole life:
+        memory per idle socket is measured against Node socket.io. The checks are
+        python-engineio's (EIO version, Upgrade header), its answers too; the
+        Origin was judged by the doors' middleware already. A session that
+        starts with long-polling (and upgrades later) takes python-engineio's path.
+        """
+        if request.query.get("EIO") != "4":
+            return await self._answer(self._bad_request("unsupported Engine.IO version"))
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return await self._answer(self._bad_request("Invalid websocket upgrade"))
+        # The environ a Socket.IO connect handler reads (python-socketio keeps it per session).
+        environ = {"QUERY_STRING": request.query_string, "aiohttp.request": request}
+        sid = self.generate_id()
+        socket = EngineSocket(self, sid, websocket=True)
+        self.sockets[sid] = socket
+        await socket.send(eio_packet.Packet(eio_packet.OPEN, self._opening(sid, "websocket")))
+        accepted = await self._trigger_event("connect", sid, environ, run_async=False)
+        del environ
+        if accepted is not None and accepted is not True:
+            del self.sockets[sid]
+            return await self._answer(self._unauthorized(accepted or None))
+        socket.schedule_ping()
+        response = web.WebSocketResponse(max_msg_size=self.max_http_buffer_size, compress=False)
+        try:
+            await response.prepare(request)
+            socket.connected = socket.upgraded = True
+            await socket.run(response, request.transport)
+        finally:
+            self.sockets.pop(sid, None)
+        return response
+
+    async def _answer(self, answer: Mapping[str, Any]) -> web.StreamResponse:
+        """One of python-engineio's answers (``_bad_request()``, ...) as a response."""
+        response: web.StreamResponse = await self._make_response(answer, {})
+        return response
+
+    def _opening(self, sid: str, transport: str) -> dict[str, Any]:
+        """The OPEN packet's data (python-engineio's)."""
+        return {
+            "sid": sid,
+            "upgrades": self._upgrades(sid, transport),
+            "pingTimeout": int(self.ping_timeout * 1000),
+            "pingInterval": int(self.ping_interval + self.ping_interval_grace_period) * 1000,
+            "maxPayload": self.max_http_buffer_size,
+        }
 
     async def _refuse_oversized(self, sid: str | None) -> None:
         if sid is not None:

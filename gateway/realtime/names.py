@@ -23,6 +23,16 @@ def is_reserved_event(name: str) -> bool:
     return name in RESERVED_EVENTS or name.startswith(CONTROL_PREFIX)
 
 
+FAMILY_ROOM_PREFIX = "family:"
+
+
+def family_room(family: str) -> str:
+    """Every socket bound to a refresh-token family, on any node. Not a Socket.IO
+    room: a family's sockets are found by their ``Conn.family`` when it is closed
+    (rarely), rather than kept in a room per socket (each starts a family)."""
+    return FAMILY_ROOM_PREFIX + family
+
+
 def user_room(sub: str) -> str:
     """Every socket of a user, on any node."""
     return f"user:{sub}"

@@ -16,7 +16,7 @@ from gateway.closes import Close
 from gateway.metrics import Metrics
 from gateway.realtime.engine import EngineSocket, frame, packet_frame
 from gateway.realtime.managers import LocalFanout, arguments
-from gateway.realtime.names import CONTROL_CLOSE, NAMESPACE
+from gateway.realtime.names import CONTROL_CLOSE, FAMILY_ROOM_PREFIX, NAMESPACE
 from gateway.realtime.registry import Conn, Registry
 from gateway.realtime.server import Server
 from gateway.scheduler import Scheduler
@@ -140,13 +140,19 @@ class Realtime:
         """This node's part of a ``close_room``."""
         room, older_than = order["room"], order.get("olderThan")
         close = Close(order["code"], order["reason"])
-        for sid, _ in list(self._manager.get_participants(NAMESPACE, room)):
+        for sid in self._local_members(room):
             conn = self.registry.get(sid)
             if older_than is None or (conn is not None and conn.seq < older_than):
                 await self.close(sid, close)
         for raw in list(self.raw.get(room, {}).values()):
             if older_than is None or raw.seq < older_than:
                 await raw.close(close)
+
+    def _local_members(self, room: str) -> list[str]:
+        if room.startswith(FAMILY_ROOM_PREFIX):
+            family = room.removeprefix(FAMILY_ROOM_PREFIX)
+            return [conn.sid for conn in self.registry.conns() if conn.family == family]
+        return [sid for sid, _ in self._manager.get_participants(NAMESPACE, room)]
 
     async def close(self, sid: str, close: Close) -> None:
         """``closing`` then a Socket.IO disconnect (the client will not reconnect by itself).

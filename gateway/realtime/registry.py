@@ -64,5 +64,8 @@ class Registry:
     def sids(self) -> list[str]:
         return list(self._conns)
 
+    def conns(self) -> list[Conn]:
+        return list(self._conns.values())
+
     def __len__(self) -> int:
         return len(self._conns)
