@@ -49,6 +49,9 @@ JWKS_DEFAULT_REFRESH = 600.0
 JWKS_MAX_REFRESH = 86400.0
 _MAX_JWKS_BYTES = 256 * 1024
 _RESERVED_CLAIMS = frozenset({"iss", "sub", "iat", "exp", "nbf", "jti"})
+# What a Principal keeps of a token's claims is the rest (``rooms``, ``sid``,
+# ``amr``...): the registered ones are its fields already, or were checked.
+_REGISTERED_CLAIMS = frozenset({*_RESERVED_CLAIMS, "aud"})
 # RFC 7518 §3.4: each ES* algorithm is ECDSA on one curve (cryptography's names).
 _EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1", "ES256K": "secp256k1"}
 _RSA_KEYS = (rsa.RSAPublicKey, rsa.RSAPrivateKey)
@@ -58,7 +61,8 @@ _OKP_KEYS = (ed25519.Ed25519PublicKey, ed25519.Ed25519PrivateKey, ed448.Ed448Pub
 
 @dataclass(frozen=True, kw_only=True)
 class Principal:
-    """Who a verified credential speaks for, and until when."""
+    """Who a verified credential speaks for, and until when; ``claims`` are the
+    token's own (``rooms``...), without the registered ones (iss, sub, exp, ...)."""
 
     sub: str
     exp: float
@@ -465,7 +469,10 @@ class TokenService:
             raise InvalidToken("sub must be a non-empty string")
         iat = claims.get("iat")
         return Principal(
-            sub=sub, exp=float(claims["exp"]), iat=float(iat) if isinstance(iat, int | float) else 0.0, claims=claims
+            sub=sub,
+            exp=float(claims["exp"]),
+            iat=float(iat) if isinstance(iat, int | float) else 0.0,
+            claims={name: value for name, value in claims.items() if name not in _REGISTERED_CLAIMS},
         )
 
     def _decode(self, token: str, key: jwt.PyJWK, trust: _Trust, iss: str) -> dict[str, Any]:

@@ -300,6 +300,8 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
                 return
             except Exception:
                 logger.exception("error handling a packet of session %s", self.sid)
+            # An idle socket would keep its last packet (its CONNECT: the credentials) alive.
+            pkt = None
 
 
 async def _next_packet(response: web.WebSocketResponse) -> eio_packet.Packet | None:
