@@ -21,9 +21,9 @@ from collections.abc import Collection
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import socketio
 from engineio import packet as eio_packet
-from socketio import packet as sio_packet
 
 from gateway.errors import StoreUnavailable
 from gateway.realtime.engine import EngineSocket, frame
@@ -131,8 +131,8 @@ class LocalFanout(socketio.AsyncManager):  # type: ignore[misc]
         members = self.rooms.get(namespace, {}).get(room)
         if not members:
             return True
-        encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=data).encode()
-        if not isinstance(encoded, str):
+        encoded = encode_event(namespace, data)
+        if encoded is None:
             return False
         pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
         wire = frame(pkt.encode())
@@ -143,6 +143,18 @@ class LocalFanout(socketio.AsyncManager):  # type: ignore[misc]
                 if isinstance(socket, EngineSocket):
                     socket.deliver(wire, pkt)
         return True
+
+
+def encode_event(namespace: str, data: list[Any]) -> str | None:
+    """A Socket.IO EVENT packet (``2[...]``, or ``2/ns,[...]``) as python-socketio
+    writes it, without its Packet object: that one also walks the data for
+    binary parts, and took 16 µs where this takes under 1. None for what orjson
+    cannot write (bytes: a binary event, which python-socketio sends itself)."""
+    try:
+        body = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return None
+    return f"2{body}" if namespace == NAMESPACE else f"2{namespace},{body}"
 
 
 def arguments(data: Any) -> list[Any]:

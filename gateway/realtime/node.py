@@ -9,13 +9,12 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from engineio import packet as eio_packet
-from socketio import packet as sio_packet
 
 from gateway import closes
 from gateway.closes import Close
 from gateway.metrics import Metrics
 from gateway.realtime.engine import EngineSocket, frame, packet_frame
-from gateway.realtime.managers import LocalFanout, arguments
+from gateway.realtime.managers import LocalFanout, arguments, encode_event
 from gateway.realtime.names import CONTROL_CLOSE, FAMILY_ROOM_PREFIX, NAMESPACE
 from gateway.realtime.registry import Conn, Registry
 from gateway.realtime.server import Server
@@ -171,10 +170,10 @@ class Realtime:
         await self.emit_local(sid, "closing", close.payload())
         await self.sio.disconnect(sid, ignore_queue=True)
 
-    def _event_frame(self, event: str, data: Any) -> tuple[bytes, eio_packet.Packet]:
+    @staticmethod
+    def _event_frame(event: str, data: Any) -> tuple[bytes, eio_packet.Packet]:
         """An event as one Engine.IO packet and its WebSocket frame, built once."""
-        pkt = self.sio.packet_class(sio_packet.EVENT, namespace=NAMESPACE, data=[event, data])
-        eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, pkt.encode())
+        eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encode_event(NAMESPACE, [event, data]))
         return frame(eio_pkt.encode()), eio_pkt
 
     def _slow_consumer(self, socket: EngineSocket) -> None:
