@@ -55,7 +55,7 @@ function open(auth) {
       const now = performance.now();
       delivered += 1;
       lastDelivery = now;
-      if (spec.publishRate && data && typeof data.sentAt === 'number') latencies.push(Date.now() - data.sentAt);
+      if (spec.publishRate && data && typeof data.sentAt === 'number') latencies.push(now - data.sentAt);
       onDelivery();
     });
     socket.once('authenticated', () => resolve(true));
@@ -92,7 +92,8 @@ if (publishes > 0) {
   const first = performance.now();
   for (let i = 0; i < publishes; i += 1) {
     const room = rooms[i % rooms.length];
-    const body = JSON.stringify({ room, event: eventName, data: { n: i, sentAt: Date.now() } });
+    // sentAt: this process's own clock (performance.now(), sub-millisecond): it is also the receiver.
+    const body = JSON.stringify({ room, event: eventName, data: { n: i, sentAt: performance.now() } });
     const response = await fetch(target, { method: 'POST', headers, body });
     if (response.status !== 202) {
       print({ event: 'publish_failed', status: response.status, body: await response.text() });
