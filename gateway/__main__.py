@@ -142,6 +142,7 @@ async def serve(config: Config) -> None:
         "ticketgate listening on %s engine=%s mode=%s", base, config.engine, "demo" if config.demo else "normal"
     )
     # After the start line: PROTOCOL §1 wants that one first, whatever the config.
+    logger.info("event loop: %s", "uvloop" if "uvloop" in type(loop).__module__ else "asyncio")
     if {"signing_key", "secret"} & config.generated:
         logger.warning(
             "no signing_key/secret configured: using ephemeral ones (tokens die with this process); "

@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -297,3 +298,28 @@ def test_leeway_is_at_most_30_seconds(tmp_path: Path) -> None:
             load_config(file=write_toml(tmp_path / "bad.toml", {"leeway": value}), environ={})
     with pytest.raises(ConfigError, match=r"^leeway: "):
         load_config(environ={"TICKETGATE_LEEWAY": "31"})
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop", "auto"])
+def test_serve_runs_on_the_chosen_event_loop(tmp_path: Path, loop: str) -> None:
+    """`--loop`: uvloop where installed (auto, the default) or asyncio's own loop;
+    the gateway says which it runs on."""
+    from tests.support import GatewayProcess, write_toml
+
+    node = GatewayProcess(
+        config_file=write_toml(tmp_path / "c.toml", {}), log_file=tmp_path / "n.log", extra_args=("--loop", loop)
+    )
+    node.start()
+    try:
+        with urllib.request.urlopen(f"{node.url}/healthz", timeout=10) as health:
+            assert json.loads(health.read()) == {"status": "ok"}
+    finally:
+        assert node.terminate() == 0
+    expected = "asyncio" if loop == "asyncio" else "uvloop"
+    assert f"event loop: {expected}" in node.log(), node.log()[-500:]
+
+
+def test_loop_setting_is_validated() -> None:
+    with pytest.raises(ConfigError, match="loop"):
+        load_config(environ={"TICKETGATE_LOOP": "tornado"})
+    assert load_config(environ={}).loop == "auto"

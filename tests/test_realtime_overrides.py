@@ -5,6 +5,7 @@ loudly when an upgrade changes what is overridden, before anything subtler break
 from __future__ import annotations
 
 import inspect
+import json
 from importlib.metadata import version
 
 import aiohttp
@@ -141,3 +142,62 @@ def test_the_libraries_are_the_pinned_range() -> None:
     """setup.cfg pins what these tests were written against; an upgrade starts here."""
     assert version("python-socketio").startswith("5.18."), version("python-socketio")
     assert version("python-engineio").startswith("4.15."), version("python-engineio")
+
+
+def test_the_engine_socket_overrides_keep_their_shape() -> None:
+    """gateway/realtime/engine.py: EngineSocket and EngineServer against python-engineio."""
+    from engineio.base_socket import BaseSocket
+
+    # BaseSocket.__init__: the attributes EngineSocket relies on, its queue from create_queue().
+    init = inspect.getsource(BaseSocket.__init__)
+    for name in ("self.queue = self.server.create_queue()", "self.last_ping = time.time()", "self.upgraded = False"):
+        assert name in init, name
+    for method, params in (
+        (AsyncSocket.send, ["self", "pkt"]),
+        (AsyncSocket.poll, ["self"]),
+        (AsyncSocket.close, ["self", "wait", "abort", "reason"]),
+        (AsyncSocket.schedule_ping, ["self"]),
+        (AsyncSocket._websocket_handler, ["self", "ws"]),
+        (AsyncSocket.receive, ["self", "pkt"]),
+    ):
+        assert parameters(method) == params, method
+    # receive(): a PONG schedules the next ping, a CLOSE closes; the WebSocket driver gets the handler.
+    receiving = inspect.getsource(AsyncSocket.receive)
+    assert "self.schedule_ping()" in receiving and "await self.close(" in receiving
+    assert "self.server._async['websocket'](" in inspect.getsource(AsyncSocket._upgrade_websocket)
+    assert "self._websocket_handler, self.server)" in inspect.getsource(AsyncSocket._upgrade_websocket)
+    # close(): disconnect handlers, the CLOSE packet through send(), then closed.
+    closing = inspect.getsource(AsyncSocket.close)
+    for line in ("await self.send(packet.Packet(packet.CLOSE))", "self.closed = True", "await self.queue.join()"):
+        assert line in closing, line
+    # _handle_connect: replaced whole; the steps it takes, and the helpers it calls.
+    assert parameters(engineio.AsyncServer._handle_connect) == ["self", "environ", "transport", "jsonp_index"]
+    connecting = inspect.getsource(engineio.AsyncServer._handle_connect)
+    for line in (
+        "await self._trigger_event('connect', sid, environ,",
+        "s.schedule_ping()",
+        "self._upgrades(sid, transport)",
+        "self.ping_interval_grace_period",
+        "return self._unauthorized(ret or None)",
+    ):
+        assert line in connecting, line
+    assert "packet.Packet.json.dumps(message)" in inspect.getsource(eio_base_server.BaseServer._bad_request)
+    assert parameters(engineio.AsyncServer._make_response) == ["self", "response_dict", "environ"]
+    assert parameters(engineio.AsyncServer.create_queue) == ["self", "args", "kwargs"]
+    server = engineio.AsyncServer(async_mode="aiohttp")
+    assert {"start_service_task", "ping_interval", "ping_timeout", "ping_interval_grace_period"} <= vars(server).keys()
+
+
+def test_python_socketio_encodes_an_event_as_the_fast_path_does() -> None:
+    """LocalFanout writes EVENT packets itself (managers.encode_event): the same packet."""
+    from socketio import packet
+
+    from gateway.realtime.managers import encode_event
+
+    data = ["note", {"n": 1, "text": "héllo"}, [1, 2]]
+    for namespace, prefix in (("/", "2"), ("/admin", "2/admin,")):
+        theirs = socketio.packet.Packet(packet.EVENT, namespace=namespace, data=data).encode()
+        ours = encode_event(namespace, data)
+        assert ours is not None and theirs.startswith(prefix) and ours.startswith(prefix)
+        assert json.loads(ours[len(prefix) :]) == json.loads(theirs[len(prefix) :]) == data
+    assert encode_event("/", ["bin", b"\x00"]) is None  # binary: python-socketio's way
