@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--config", metavar="FILE.toml")
     serve.add_argument("--redis-url", dest="redis_url", metavar="URL")
+    serve.add_argument(
+        "--redis-cluster", action="store_const", const=True, default=None, help="--redis-url is a Redis Cluster node"
+    )
     serve.add_argument("--demo", action="store_const", const=True, default=None, help="serve the web demo")
     serve.add_argument(
         "--loop", choices=["auto", "uvloop", "asyncio"], help="event loop (default: uvloop if installed)"
@@ -59,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "host": args.host,
             "port": args.port,
             "redis_url": args.redis_url,
+            "redis_cluster": args.redis_cluster,
             "demo": args.demo,
             "loop": args.loop,
         }

@@ -24,6 +24,7 @@ from jwcrypto import jwk
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
 
 from gateway.errors import ConfigError
+from gateway.redisconn import RedisTarget
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8080
     redis_url: str | None = None
+    # redis_url is the seed node of a Redis Cluster (sharded pub/sub, hash-tagged keys).
+    redis_cluster: bool = False
     signing_key: Mapping[str, Any] | None = None  # private EC P-256 JWK
     secret: bytes | None = None  # decoded HMAC secret
     admin_token: str | None = None
@@ -119,6 +122,11 @@ class Config:
         return "redis" if self.redis_url else "memory"
 
     @property
+    def redis(self) -> RedisTarget | None:
+        """Where the redis engine's Redis is (None: the memory engine)."""
+        return RedisTarget(self.redis_url, cluster=self.redis_cluster) if self.redis_url else None
+
+    @property
     def user_ttl(self) -> float:
         """How long per-user records (live registry, parked events, revocation) live."""
         return max(self.refresh_ttl, self.access_token_ttl) + self.leeway
@@ -149,7 +157,14 @@ class IssuerSchema(Schema):
 class ConfigSchema(Schema):
     host = fields.String()
     port = fields.Integer(validate=validate.Range(min=0, max=65535))
-    redis_url = fields.String(allow_none=True, validate=validate.Regexp(r"^(rediss?|unix)://"))
+    redis_url = fields.String(
+        allow_none=True,
+        validate=validate.Regexp(
+            r"^(rediss?|unix|redis\+sentinel)://",
+            error="must be a redis://, rediss://, unix:// or redis+sentinel:// URL",
+        ),
+    )
+    redis_cluster = fields.Boolean()
     signing_key = fields.String(allow_none=True)
     secret = fields.String(allow_none=True)
     admin_token = fields.String(allow_none=True, validate=validate.Length(min=16))
@@ -208,6 +223,10 @@ class ConfigSchema(Schema):
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        if data.get("redis_cluster"):
+            url = data.get("redis_url") or ""
+            if not url.startswith(("redis://", "rediss://")):
+                raise ValidationError("needs a redis:// or rediss:// redis_url (a cluster node)", "redis_cluster")
         if "*" in data.get("allowed_origins", ()) and not data.get("demo"):
             raise ValidationError("'*' is allowed only with --demo", "allowed_origins")
         if data.get("signing_key") is not None:
