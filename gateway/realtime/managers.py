@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import socketio
-from socketio.async_pubsub_manager import AsyncPubSubManager
 from engineio import packet as eio_packet
+from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from gateway.realtime.broker import Broker
 from gateway.realtime.engine import EngineSocket, frame
