@@ -31,6 +31,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from gateway.errors import StoreUnavailable
@@ -158,12 +159,12 @@ class _Subscriber:
             subscribe = sorted(self.wanted - held)
             unsubscribe = sorted(held - self.wanted)
             try:
-                if unsubscribe:
-                    self._leaving.update(unsubscribe)
-                    await (pubsub.sunsubscribe if self._sharded else pubsub.unsubscribe)(*unsubscribe)
-                if subscribe:
-                    self._sent.update(subscribe)
-                    await (pubsub.ssubscribe if self._sharded else pubsub.subscribe)(*subscribe)
+                for batch in self._batches(unsubscribe):
+                    self._leaving.update(batch)
+                    await (pubsub.sunsubscribe if self._sharded else pubsub.unsubscribe)(*batch)
+                for batch in self._batches(subscribe):
+                    self._sent.update(batch)
+                    await (pubsub.ssubscribe if self._sharded else pubsub.subscribe)(*batch)
                     self._armed.set()
             except asyncio.CancelledError:
                 raise
@@ -171,6 +172,17 @@ class _Subscriber:
                 logger.debug("fan-out subscriber %s could not send (%s)", self.name, type(exc).__name__)
                 self._failed = exc
                 self._armed.set()
+
+
+    def _batches(self, channels: list[str]) -> list[list[str]]:
+        """One command for plain channels; for shard channels one per hash slot
+        (SSUBSCRIBE refuses channels of several slots)."""
+        if not self._sharded:
+            return [channels] if channels else []
+        slots: dict[int, list[str]] = {}
+        for channel in channels:
+            slots.setdefault(key_slot(channel.encode()), []).append(channel)
+        return list(slots.values())
 
 
 def _text(value: bytes | str) -> str:
@@ -282,7 +294,7 @@ class Broker:
         """Return once ``room``'s channel is subscribed (a join waits for it, so an
         event published right after reaches the new member); StoreUnavailable if
         Redis does not confirm it in time."""
-        if self.subscribed(room) or not self._started:
+        if self.subscribed(room):
             return
         try:
             async with asyncio.timeout(READY_TIMEOUT), self._changed:
