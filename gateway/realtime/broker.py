@@ -173,7 +173,6 @@ class _Subscriber:
                 self._failed = exc
                 self._armed.set()
 
-
     def _batches(self, channels: list[str]) -> list[list[str]]:
         """One command for plain channels; for shard channels one per hash slot
         (SSUBSCRIBE refuses channels of several slots)."""
