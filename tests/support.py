@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -58,9 +58,16 @@ class Clock:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (all held at once while chosen, so none comes twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def wait_for_port(port: int, *, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -82,37 +89,59 @@ def which(name: str) -> str:
 
 
 class RedisServer:
-    """A real redis-server on a free port, without persistence; stoppable and restartable."""
+    """A real redis-server on a free port (or ``port``), without persistence; stoppable and
+    restartable on the same port.
 
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
+    ``config`` is a config file it reads first and ``args`` are directives after the
+    usual ones (a later directive wins). It logs to ``log_file`` in ``workdir``.
+    """
+
+    def __init__(
+        self, workdir: Path, *, port: int | None = None, config: Path | None = None, args: Sequence[str] = ()
+    ) -> None:
+        self.port = free_port() if port is None else port
         self.workdir = workdir
+        self.config = config
+        self.args = tuple(args)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / f"redis-{self.port}.log"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                which("redis-server"),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port, proc=self.proc)
+        command = [
+            which("redis-server"),
+            *([str(self.config)] if self.config is not None else []),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            *self.args,
+        ]
+        # stdout and stderr both: a bad config is reported on stderr, before any log file opens.
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(self.port, proc=self.proc)
+        except (RuntimeError, TimeoutError) as error:
+            self.stop()
+            raise RuntimeError(f"redis-server on {self.port} did not start ({error}):\n{self.log_tail()}") from None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -124,6 +153,11 @@ class RedisServer:
         subprocess.run(
             [which("redis-cli"), "-p", str(self.port), "FLUSHALL"], check=True, capture_output=True, timeout=10
         )
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
 
 
 def keygen() -> dict[str, str]:
