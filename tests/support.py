@@ -22,11 +22,13 @@ from typing import Any, Self, TypeVar
 
 import aiohttp
 import jwt
+import redis
 import redis.asyncio as aioredis
 import socketio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from jwcrypto import jwk
+from redis.crc import key_slot
 
 from gateway import keys
 from gateway.app import create_runner
@@ -158,6 +160,181 @@ class RedisServer:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         return "(no log)"
+
+
+def redis_command(port: int, *args: str | int) -> Any:
+    """One command to the redis-server on ``port``, answered as redis-py parses it
+    (for its parser, a two-word command is one string: "CLUSTER INFO")."""
+    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True) as client:
+        return client.execute_command(*args)
+
+
+def require_redis_7() -> None:
+    """Redis Cluster's sharded pub/sub and --cluster-port are Redis 7's."""
+    out = subprocess.run([which("redis-server"), "--version"], check=True, capture_output=True, text=True).stdout
+    version = out.split("v=", 1)[1].split()[0]
+    if int(version.split(".")[0]) < 7:
+        raise RuntimeError(f"redis-server {version} is too old: Redis Cluster tests need Redis 7 or later")
+
+
+class RedisCluster:
+    """A real Redis Cluster: three masters without replicas (``masters``) on free ports,
+    without persistence, joined by ``redis-cli --cluster create``.
+
+    Unlike Redis's default, ``cluster-require-full-coverage no``: while a master is
+    stopped the others go on serving their own slots. With the default, every node
+    would refuse every key once the others mark the stopped master failed, about
+    ``NODE_TIMEOUT_MS`` later, so what a test saw would depend on how long it took.
+
+    ``config`` is a redis.conf every node reads first (deploy/redis-cluster's, to check
+    it); the settings above come after it and win.
+    """
+
+    NODE_TIMEOUT_MS = 2000
+    SLOTS = 16384
+
+    def __init__(self, workdir: Path, *, masters: int = 3, config: Path | None = None) -> None:
+        ports = free_ports(2 * masters)
+        self.nodes = [
+            RedisServer(
+                workdir,
+                port=port,
+                config=config,
+                args=(
+                    "--cluster-enabled",
+                    "yes",
+                    # The default bus port, port + 10000, is over 65535 for many free ports.
+                    "--cluster-port",
+                    str(bus_port),
+                    "--cluster-config-file",
+                    str(workdir / f"nodes-{port}.conf"),
+                    "--cluster-node-timeout",
+                    str(self.NODE_TIMEOUT_MS),
+                    "--cluster-require-full-coverage",
+                    "no",
+                ),
+            )
+            for port, bus_port in zip(ports[:masters], ports[masters:], strict=True)
+        ]
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """The first node's URL, a seed for cluster clients (a cluster has only database 0)."""
+        return self.urls[0]
+
+    def start(self) -> None:
+        require_redis_7()
+        try:
+            for node in self.nodes:
+                node.start()
+            create = subprocess.run(
+                [
+                    which("redis-cli"),
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{port}" for port in self.ports),
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if create.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed ({create.returncode}):\n{create.stdout}")
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def flush(self) -> None:
+        """FLUSHALL on every master."""
+        for node in self.nodes:
+            node.flush()
+
+    def stop_node(self, i: int) -> None:
+        """Stop master ``i``. Its slots stay its own (it has no replica to take them
+        over): until ``start_node(i)`` commands on its keys fail, while the other
+        masters serve theirs. Its data is lost (no persistence)."""
+        self.nodes[i].stop()
+
+    def start_node(self, i: int) -> None:
+        """Start master ``i`` again on its port with its nodes.conf: it rejoins as the
+        same node with the same slots, empty. Returns once the cluster is healthy:
+        ~2 s, as a restarted master waits that long before it serves; up to 4 s more
+        if the others had marked it failed (see ``wait_healthy``)."""
+        self.nodes[i].start()
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every node says ``cluster_state:ok`` and sees every node connected
+        and none failing. (The others clear a master of FAIL, once it is back, only
+        two node timeouts after they marked it.)"""
+        deadline = time.monotonic() + timeout
+        while True:
+            problems = {node.port: self._problem(node.port) for node in self.nodes}
+            if not any(problems.values()):
+                return
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {node.log_file}\n{node.log_tail(5)}" for node in self.nodes)
+                raise TimeoutError(f"Redis Cluster not healthy after {timeout}s: {problems}\n{logs}")
+            time.sleep(0.05)
+
+    def _problem(self, port: int) -> str:
+        """What is wrong with the cluster as the node on ``port`` sees it ("" if nothing)."""
+        try:
+            state = redis_command(port, "CLUSTER INFO")["cluster_state"]
+            nodes = redis_command(port, "CLUSTER NODES")
+        except redis.RedisError as error:
+            return repr(error)
+        if state != "ok":
+            return f"cluster_state:{state}"
+        bad = [
+            f"{address} {info['flags']}"
+            for address, info in nodes.items()
+            if "fail" in info["flags"] or not info["connected"]
+        ]
+        if len(nodes) != len(self.nodes) or bad:
+            return f"knows {len(nodes)} nodes, unwell: {bad}"
+        return ""
+
+    def slot_ports(self) -> list[tuple[int, int, int]]:
+        """(first slot, last slot, port of its master) of every slot range, from CLUSTER SLOTS."""
+        port = next(node.port for node in self.nodes if node.running)
+        return [(first, last, int(master[1])) for first, last, master, *_ in redis_command(port, "CLUSTER SLOTS")]
+
+    def port_of_slot(self, slot: int) -> int:
+        return next(port for first, last, port in self.slot_ports() if first <= slot <= last)
+
+    def node_for_slot(self, slot: int) -> int:
+        """The index in ``nodes`` of the master serving ``slot``."""
+        return self.ports.index(self.port_of_slot(slot))
+
+    def node_for_key(self, key: str | bytes) -> int:
+        return self.node_for_slot(key_slot(key.encode() if isinstance(key, str) else key))
+
+    def key_for_node(self, i: int, prefix: str = "key:") -> str:
+        """The first of ``prefix`` + 0, 1, 2... that lives on master ``i`` (a key name,
+        or a hash tag to put between braces)."""
+        ranges = [(first, last) for first, last, port in self.slot_ports() if port == self.ports[i]]
+        for n in range(self.SLOTS):
+            slot = key_slot(f"{prefix}{n}".encode())
+            if any(first <= slot <= last for first, last in ranges):
+                return f"{prefix}{n}"
+        raise ValueError(f"no key {prefix}<n> on node {i}: does {prefix!r} hold a hash tag?")
 
 
 def keygen() -> dict[str, str]:
