@@ -23,6 +23,7 @@ from tests.support import (
     NodeScripts,
     Probe,
     RedisCluster,
+    RedisSentinel,
     RedisServer,
     http_json,
     issue_ticket,
@@ -48,6 +49,15 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster.start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
+    """A real Redis master watched by a real Sentinel, shared by the session: ``flush()`` it first."""
+    sentinel = RedisSentinel(tmp_path_factory.mktemp("redis-sentinel"))
+    sentinel.start()
+    yield sentinel
+    sentinel.stop()
 
 
 @pytest.fixture

@@ -337,6 +337,69 @@ class RedisCluster:
         raise ValueError(f"no key {prefix}<n> on node {i}: does {prefix!r} hold a hash tag?")
 
 
+class RedisSentinel:
+    """One real Redis master (``master``, a RedisServer) watched by one real Sentinel,
+    both on free ports, the master known as ``SERVICE``."""
+
+    SERVICE = "ticketgate"
+    DOWN_AFTER_MS = 2000
+
+    def __init__(self, workdir: Path) -> None:
+        self.master = RedisServer(workdir / "master")
+        self.config_file = workdir / "sentinel" / "sentinel.conf"
+        self.sentinel = RedisServer(workdir / "sentinel", config=self.config_file, args=("--sentinel",))
+
+    @property
+    def port(self) -> int:
+        return self.sentinel.port
+
+    @property
+    def url(self) -> str:
+        """python-socketio's form: redis+sentinel://host:port[,host:port...]/db/service."""
+        return f"redis+sentinel://127.0.0.1:{self.port}/0/{self.SERVICE}"
+
+    def start(self) -> None:
+        try:
+            self.master.start()
+            self.config_file.parent.mkdir(parents=True, exist_ok=True)
+            # Written anew at each start: Sentinel rewrites it with what it learns.
+            # (Port, bind and dir come on its command line, as for every RedisServer.)
+            self.config_file.write_text(
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} 1\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} {self.DOWN_AFTER_MS}\n"
+            )
+            self.sentinel.start()
+            self._wait_master()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        self.sentinel.stop()
+        self.master.stop()
+
+    def flush(self) -> None:
+        self.master.flush()
+
+    def _wait_master(self, timeout: float = 10.0) -> None:
+        """Until the sentinel names the master and has a link to it (flags just "master")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                address = redis_command(self.port, "SENTINEL GET-MASTER-ADDR-BY-NAME", self.SERVICE)
+                flags = redis_command(self.port, "SENTINEL MASTER", self.SERVICE)["flags"]
+            except redis.RedisError as error:
+                address, flags = None, repr(error)
+            if address == ("127.0.0.1", self.master.port) and flags == "master":
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"sentinel on {self.port} reports {address}, flags {flags} after {timeout}s:\n"
+                    f"{self.sentinel.log_tail()}"
+                )
+            time.sleep(0.05)
+
+
 def keygen() -> dict[str, str]:
     """A signing key and secret as `ticketgate keygen` prints them (run for real)."""
     out = subprocess.run(

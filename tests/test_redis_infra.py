@@ -1,7 +1,7 @@
-"""The real Redis Cluster of tests/support.py, as redis-py sees it.
+"""The real Redis Cluster and Sentinel of tests/support.py, as redis-py sees them.
 
-The Redis Cluster tests of the gateway stand on it: each test here fails
-if the fixture does not give what it promises.
+The gateway's Redis Cluster and Sentinel tests stand on them: each test here
+fails if a fixture does not give what it promises.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPubSub
 from redis.asyncio.cluster import RedisCluster as ClusterClient
+from redis.asyncio.sentinel import Sentinel
 from redis.crc import key_slot
 from redis.exceptions import MovedError
+from socketio.redis_manager import parse_redis_sentinel_url
 
-from tests.support import RedisCluster, redis_command
+from tests.support import RedisCluster, RedisSentinel, redis_command
 
 
 @pytest.fixture
@@ -151,3 +153,25 @@ def test_flush_empties_every_master(cluster: RedisCluster) -> None:
         redis_command(port, "SET", key, "x")
     cluster.flush()
     assert [redis_command(port, "DBSIZE") for port in cluster.ports] == [0, 0, 0]
+
+
+@pytest.fixture
+def sentinel(redis_sentinel: RedisSentinel) -> RedisSentinel:
+    redis_sentinel.flush()
+    return redis_sentinel
+
+
+async def test_the_sentinel_names_the_master_and_serves_it(sentinel: RedisSentinel) -> None:
+    address = redis_command(sentinel.port, "SENTINEL GET-MASTER-ADDR-BY-NAME", "ticketgate")
+    assert address == ("127.0.0.1", sentinel.master.port)
+    master = Sentinel([("127.0.0.1", sentinel.port)]).master_for("ticketgate")
+    try:
+        assert await master.set("through-sentinel", "yes")
+        assert await master.get("through-sentinel") == b"yes"
+    finally:
+        await master.aclose()
+    assert redis_command(sentinel.master.port, "GET", "through-sentinel") == "yes"
+
+
+def test_the_sentinel_url_is_python_socketios(sentinel: RedisSentinel) -> None:
+    assert parse_redis_sentinel_url(sentinel.url) == ([("127.0.0.1", sentinel.port)], "ticketgate", {"db": 0})
