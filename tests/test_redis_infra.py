@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -19,7 +20,7 @@ from redis.crc import key_slot
 from redis.exceptions import MovedError
 from socketio.redis_manager import parse_redis_sentinel_url
 
-from tests.support import RedisCluster, RedisSentinel, redis_command
+from tests.support import ROOT, RedisCluster, RedisSentinel, redis_command
 
 
 @pytest.fixture
@@ -175,3 +176,18 @@ async def test_the_sentinel_names_the_master_and_serves_it(sentinel: RedisSentin
 
 def test_the_sentinel_url_is_python_socketios(sentinel: RedisSentinel) -> None:
     assert parse_redis_sentinel_url(sentinel.url) == ([("127.0.0.1", sentinel.port)], "ticketgate", {"db": 0})
+
+
+def test_deploy_redis_conf_makes_a_cluster(tmp_path: Path) -> None:
+    """Redis has no config check mode (nothing like nginx -t): nodes started from
+    deploy/redis-cluster/redis.conf must form a cluster. Port, directory and
+    persistence are the fixture's, given after the file."""
+    config = ROOT / "deploy" / "redis-cluster" / "redis.conf"
+    cluster = RedisCluster(tmp_path, config=config)
+    cluster.start()
+    try:
+        for port in cluster.ports:
+            assert redis_command(port, "INFO", "server")["config_file"] == str(config)
+            assert redis_command(port, "CLUSTER INFO")["cluster_state"] == "ok"
+    finally:
+        cluster.stop()
