@@ -21,7 +21,6 @@ from gateway.auth.tokens import TokenService
 from gateway.config import Config, encode_secret, generate_signing_key, load_config
 from gateway.errors import ConfigError, StartupError
 from gateway.logs import configure_logging
-from gateway.workers import channel_to_supervisor, supervise
 from handlers.http import RedactParserErrors
 
 logger = logging.getLogger("gateway")
@@ -74,8 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(file=args.config, flags=flags)
         logging.getLogger().setLevel(config.log_level.upper())
         if config.workers > 1:
-            return supervise(config, sys.argv[1:] if argv is None else argv)
-        supervisor = None if args.worker_fd is None else channel_to_supervisor(args.worker_fd)
+            return workers.supervise(config, sys.argv[1:] if argv is None else argv)
+        supervisor = None if args.worker_fd is None else workers.channel_to_supervisor(args.worker_fd)
         run(serve(config, supervisor=supervisor), loop=config.loop)
     except ConfigError as exc:
         print(f"ticketgate: config error: {exc}", file=sys.stderr)

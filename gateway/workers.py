@@ -104,7 +104,7 @@ class Supervisor:
         waiting: set[asyncio.Future[int | None]] = set()
         for slot in slots:
             ready: asyncio.Future[int | None] = loop.create_future()
-            self.tasks.append(asyncio.create_task(self._keep(slot, ready), name=f"worker-{slot}"))
+            self.tasks.append(asyncio.create_task(self._slot(slot, ready), name=f"worker-{slot}"))
             waiting.add(ready)
         stopped = asyncio.create_task(self._stopped())
         try:
@@ -123,6 +123,15 @@ class Supervisor:
     async def _stopped(self) -> int | None:
         await self.stop.wait()
         return None
+
+    async def _slot(self, slot: int, ready: asyncio.Future[int | None]) -> None:
+        try:
+            await self._keep(slot, ready)
+        except Exception as exc:
+            if not ready.done():
+                ready.set_exception(exc)  # the start fails with it
+            else:
+                logger.exception("worker %d: no longer supervised", slot)
 
     async def _keep(self, slot: int, ready: asyncio.Future[int | None]) -> None:
         """Run a worker in ``slot``, and a new one each time it exits, until the
