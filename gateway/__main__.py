@@ -8,13 +8,14 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from aiohttp import web
 
-from gateway import keys
+from gateway import keys, workers
 from gateway.app import create_app, create_runner
 from gateway.auth.tokens import TokenService
 from gateway.config import Config, encode_secret, generate_signing_key, load_config
@@ -40,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--loop", choices=["auto", "uvloop", "asyncio"], help="event loop (default: uvloop if installed)"
     )
+    serve.add_argument(
+        "--workers", type=int, metavar="N", help="processes on the one port, each a node (needs the redis engine)"
+    )
+    # A worker of a --workers supervisor: its channel to it (gateway/workers.py).
+    serve.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
     commands.add_parser("keygen", help="print a TOML snippet with a signing key and a secret")
     token = commands.add_parser("token", help="mint an access JWT with the configured key")
     token.add_argument("--config", required=True, metavar="FILE.toml")
@@ -65,10 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "redis_cluster": args.redis_cluster,
             "demo": args.demo,
             "loop": args.loop,
+            # A worker is one process, whatever the file or environment says.
+            "workers": 1 if args.worker_fd is not None else args.workers,
         }
         config = load_config(file=args.config, flags=flags)
         logging.getLogger().setLevel(config.log_level.upper())
-        run(serve(config), loop=config.loop)
+        if config.workers > 1:
+            return workers.supervise(config, sys.argv[1:] if argv is None else argv)
+        supervisor = None if args.worker_fd is None else workers.channel_to_supervisor(args.worker_fd)
+        run(serve(config, supervisor=supervisor), loop=config.loop)
     except ConfigError as exc:
         print(f"ticketgate: config error: {exc}", file=sys.stderr)
         return 2
@@ -121,8 +132,11 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve(config: Config) -> None:
-    """Run one gateway until SIGTERM/SIGINT, then drain its sockets and stop."""
+async def serve(config: Config, *, supervisor: socket.socket | None = None) -> None:
+    """Run one gateway until SIGTERM/SIGINT, then drain its sockets and stop.
+
+    ``supervisor``: this is a worker of ``--workers``; it shares the port with
+    the others (SO_REUSEPORT), and reports to the supervisor on this channel."""
     # Signals first: a SIGTERM that comes as soon as the port opens still drains.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -132,7 +146,7 @@ async def serve(config: Config) -> None:
     try:
         await runner.setup()
         try:
-            await web.TCPSite(runner, config.host, config.port).start()
+            await web.TCPSite(runner, config.host, config.port, reuse_port=supervisor is not None).start()
         except OSError as exc:
             raise StartupError(f"cannot listen on {config.host}:{config.port}: {_os_reason(exc)}") from None
     except BaseException:
@@ -156,9 +170,14 @@ async def serve(config: Config) -> None:
         print(f"demo: {base}/demo/", flush=True)
         if "admin_token" in config.generated:
             print(f"demo admin token: {config.admin_token}", flush=True)
+    reporting = None
+    if supervisor is not None:  # the task's strong reference until the end
+        reporting = asyncio.create_task(workers.report(supervisor, node_name=config.node_name, stop=stop))
     try:
         await stop.wait()
     finally:
+        if reporting is not None:
+            reporting.cancel()
         logger.info("stopping")
         # Drain first, while the server still listens and reads: aiohttp's
         # on_shutdown hook (going_away again, then a no-op) runs only after it

@@ -101,6 +101,9 @@ class Config:
     max_buffered_bytes: int = 1024 * 1024
     log_level: str = "info"  # debug adds a line per connect, disconnect and Socket.IO request
     loop: str = "auto"  # the event loop of `serve`: uvloop where installed ("auto"), or "uvloop"/"asyncio"
+    # Processes of `serve` on one port (SO_REUSEPORT), each a node of the cluster;
+    # more than one makes the CLI a supervisor (gateway/workers.py).
+    workers: int = 1
     leeway: float = 5
     # Slow and idle HTTP clients (handlers/transport.py): how long a keep-alive
     # connection may idle between requests, how long a request's head and its
@@ -197,6 +200,7 @@ class ConfigSchema(Schema):
     max_held_events = fields.Integer(validate=validate.Range(min=1, max=100_000))
     max_buffered_bytes = fields.Integer(validate=validate.Range(min=64 * 1024))
     loop = fields.String(validate=validate.OneOf(["auto", "uvloop", "asyncio"]))
+    workers = fields.Integer(validate=validate.Range(min=1))
     log_level = fields.String(validate=validate.OneOf(["debug", "info", "warning", "error"]))
     leeway = fields.Float(validate=validate.Range(min=0, max=30))
     keepalive_timeout = fields.Float(validate=_positive)
@@ -341,6 +345,7 @@ def load_config(
     except ValidationError as exc:
         raise ConfigError(_first_error(exc.messages)) from None
     generated: set[str] = set()
+    _check_workers(data)
     if data.get("redis_url"):
         missing = [name for name in ("signing_key", "secret") if data.get(name) is None]
         if missing:
@@ -363,6 +368,24 @@ def load_config(
         data["admin_token"] = secrets.token_urlsafe(24)
         generated.add("admin_token")
     return Config(**data, generated=frozenset(generated))
+
+
+def _check_workers(data: Mapping[str, Any]) -> None:
+    """Several worker processes need what they share (Redis) and one port to share."""
+    workers = data.get("workers", 1)
+    if workers == 1:
+        return
+    if not data.get("redis_url"):
+        raise ConfigError(
+            f"workers = {workers} needs the redis engine (redis_url): "
+            "with the memory engine nothing would be shared between the processes"
+        )
+    if data.get("port") == 0:
+        raise ConfigError(f"workers = {workers} needs a fixed port: with port 0 each worker would get one of its own")
+    if "node_name" in data:
+        raise ConfigError(
+            f"node_name names one process: leave it unset with workers = {workers} (each worker is <hostname>-<pid>)"
+        )
 
 
 def generate_signing_key() -> dict[str, Any]:

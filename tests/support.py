@@ -494,10 +494,13 @@ class GatewayProcess:
 
 
 class Probe:
-    """A real python-socketio AsyncClient that records every event in order."""
+    """A real python-socketio AsyncClient that records every event in order.
 
-    def __init__(self) -> None:
-        self.client = socketio.AsyncClient(reconnection=False)
+    ``http_session``: the aiohttp session it connects with (its own by default),
+    for a test that watches the HTTP responses, such as which node answered."""
+
+    def __init__(self, *, http_session: aiohttp.ClientSession | None = None) -> None:
+        self.client = socketio.AsyncClient(reconnection=False, http_session=http_session)
         self.events: list[tuple[str, Any]] = []
         self.connect_error: Any = None
         self.events_before_connect: int | None = None  # how many events arrived before `connect`

@@ -72,6 +72,10 @@ def test_env_lists(tmp_path: Path) -> None:
         ({"keepalive_timeout": 0}, "keepalive_timeout"),
         ({"header_timeout": -1}, "header_timeout"),
         ({"body_timeout": "soon"}, "body_timeout"),
+        ({"workers": 0}, "workers"),
+        ({"workers": 2}, "redis_url"),
+        ({"workers": 2, "redis_url": "redis://127.0.0.1:1/0", "port": 0}, "port"),
+        ({"workers": 2, "redis_url": "redis://127.0.0.1:1/0", "node_name": "gw1"}, "node_name"),
     ],
 )
 def test_bad_settings_name_the_problem(settings: dict[str, object], named: str) -> None:
