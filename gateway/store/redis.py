@@ -19,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import StoreUnavailable
 from gateway.store import keys
-from gateway.store.base import Admission, Attempt, Rotation, Store, check_ttl
+from gateway.store.base import Admission, Attempt, Rotation, Store, check_one_slot, check_ttl
 from gateway.store.keys import PREFIX
 
 T = TypeVar("T")
@@ -89,6 +89,7 @@ class RedisStore(Store):
     async def create_records(self, records: Mapping[str, Mapping[str, str]], *, ttl: float) -> None:
         # One script rather than a MULTI pipeline of three commands a record:
         # redis-py's client spends as much CPU per command as the round trip costs.
+        check_one_slot(records)
         names = [PREFIX + key for key in records]
         args: list[Any] = [_ms(ttl)]
         for fields in records.values():
@@ -164,6 +165,7 @@ class RedisStore(Store):
         revoked_key: str,
         renewal: bool = False,
     ) -> tuple[Rotation, dict[str, str] | None]:
+        check_one_slot([old_key, new_key, family_key, revoked_key])
         names = [PREFIX + old_key, PREFIX + new_key, PREFIX + family_key, PREFIX + revoked_key]
         args: list[Any] = [_ms(ttl), "1" if renewal else "0"]
         for name, value in fields.items():

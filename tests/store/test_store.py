@@ -125,10 +125,19 @@ async def test_append_keeps_order_without_duplicates(store: Store) -> None:
 
 
 async def test_create_records_at_once(store: Store) -> None:
-    await store.create_records({"a": {"x": "1"}, "b": {"y": "2"}}, ttl=5)
-    assert await store.get_record("a") == {"x": "1"} and await store.get_record("b") == {"y": "2"}
-    await store.create_records({"a": {"z": "3"}}, ttl=5)  # replaces, not merges
-    assert await store.get_record("a") == {"z": "3"}
+    await store.create_records({"a:{t}": {"x": "1"}, "b:{t}": {"y": "2"}}, ttl=5)
+    assert await store.get_record("a:{t}") == {"x": "1"} and await store.get_record("b:{t}") == {"y": "2"}
+    await store.create_records({"a:{t}": {"z": "3"}}, ttl=5)  # replaces, not merges
+    assert await store.get_record("a:{t}") == {"z": "3"}
+
+
+async def test_records_of_several_slots_are_refused_at_once(store: Store) -> None:
+    """Every engine refuses what a Redis Cluster could not run in one script."""
+    with pytest.raises(ValueError, match="slot"):
+        await store.create_records({"a": {"x": "1"}, "b": {"y": "2"}}, ttl=5)
+    with pytest.raises(ValueError, match="slot"):
+        await store.create_records({"a:{t}": {"x": "1"}, "b:{other}": {"y": "2"}}, ttl=5)
+    assert await store.get_record("a") is None and await store.get_record("a:{t}") is None
 
 
 async def test_append_stream_keeps_order_and_ids(store: Store) -> None:
@@ -215,18 +224,22 @@ async def test_park_keeps_the_newest_up_to_the_cap(store: Store) -> None:
     assert admission.parked == ["3", "4", "5", "6"]
 
 
+ALICE = keys.user_tag("alice")
+
+
 async def _family(store: Store, *, family: str = "f1", token: str = "t1", iat: float | None = None) -> None:
     record = {"sub": "alice", "family": family, "iat": repr(iat or time.time()), "state": "active"}
     await store.create_records(
-        {keys.family(family): {"sub": "alice", "status": "active"}, keys.refresh(token): record}, ttl=60
+        {keys.family("alice", family): {"sub": "alice", "status": "active"}, keys.refresh(ALICE, token): record},
+        ttl=60,
     )
 
 
 async def _rotate(store: Store, old: str, new: str, *, renewal: bool = False) -> str:
     outcome, _ = await store.rotate(
-        keys.refresh(old),
-        keys.refresh(new),
-        family_key=keys.family("f1"),
+        keys.refresh(ALICE, old),
+        keys.refresh(ALICE, new),
+        family_key=keys.family("alice", "f1"),
         fields={"sub": "alice", "family": "f1", "iat": repr(time.time()), "state": "active"},
         ttl=60,
         revoked_key=keys.revoked("alice"),
@@ -238,9 +251,9 @@ async def _rotate(store: Store, old: str, new: str, *, renewal: bool = False) ->
 async def test_rotate_then_reuse_revokes_the_family(store: Store) -> None:
     await _family(store)
     assert await _rotate(store, "t1", "t2") == "rotated"
-    assert (await store.get_record(keys.refresh("t1")) or {})["state"] == "rotated"
+    assert (await store.get_record(keys.refresh(ALICE, "t1")) or {})["state"] == "rotated"
     assert await _rotate(store, "t1", "t3") == "reuse"
-    assert (await store.get_record(keys.family("f1")) or {})["status"] == "revoked"
+    assert (await store.get_record(keys.family("alice", "f1")) or {})["status"] == "revoked"
     assert await _rotate(store, "t2", "t4") == "revoked"  # the successor died with its family
     assert await _rotate(store, "nope", "t5") == "missing"
 
@@ -249,7 +262,7 @@ async def test_rotate_renewal_of_a_rotated_token_is_stale(store: Store) -> None:
     await _family(store)
     assert await _rotate(store, "t1", "t2") == "rotated"
     assert await _rotate(store, "t1", "t3", renewal=True) == "stale"
-    assert (await store.get_record(keys.family("f1")) or {})["status"] == "active"
+    assert (await store.get_record(keys.family("alice", "f1")) or {})["status"] == "active"
     assert await _rotate(store, "t2", "t4") == "rotated"
 
 
@@ -263,6 +276,20 @@ async def test_rotate_refuses_a_token_older_than_the_cut_off(store: Store) -> No
     await _family(store, iat=time.time() - 10)
     await store.disconnect_user("alice", now=time.time(), revoke=True, ttl=60)
     assert await _rotate(store, "t1", "t2") == "revoked"
+
+
+async def test_rotate_refuses_keys_of_another_users_slot(store: Store) -> None:
+    await _family(store)
+    with pytest.raises(ValueError, match="slot"):
+        await store.rotate(
+            keys.refresh(ALICE, "t1"),
+            keys.refresh(keys.user_tag("bob"), "t2"),
+            family_key=keys.family("alice", "f1"),
+            fields={"sub": "alice", "family": "f1", "iat": repr(time.time()), "state": "active"},
+            ttl=60,
+            revoked_key=keys.revoked("alice"),
+        )
+    assert (await store.get_record(keys.refresh(ALICE, "t1")) or {})["state"] == "active"  # untouched
 
 
 async def test_close_releases_everything(store: Store) -> None:
