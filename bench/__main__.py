@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import socketio
 
 from gateway.auth.tokens import TokenService
 from gateway.config import load_config
@@ -51,6 +53,11 @@ class Server:
     name: str
     url: str
     proc: subprocess.Popen[bytes]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss_kb(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -73,6 +80,7 @@ class Results:
     deliveries: dict[str, list[float]] = field(default_factory=dict)
     memory: dict[str, float] = field(default_factory=dict)
     latency: dict[str, tuple[float, float]] = field(default_factory=dict)
+    routing: dict[str, tuple[float, list[float]]] = field(default_factory=dict)
 
     def add(self, table: dict[str, list[float]], name: str, value: float) -> None:
         table.setdefault(name, []).append(value)
@@ -99,9 +107,10 @@ class Bench:
         wait_for_port(port, proc=proc)
         return self._keep(Server("Node socket.io", f"http://127.0.0.1:{port}", proc))
 
-    def bare(self) -> Server:
+    def bare(self, redis_url: str | None = None) -> Server:
         port = free_port()
         command = [sys.executable, "-m", "bench.bare_server", str(port), self.public_jwk, ADMIN]
+        command += [redis_url] if redis_url else []
         proc = subprocess.Popen(command, cwd=BENCH.parent)
         wait_for_port(port, proc=proc)
         return self._keep(Server("bare python-socketio", f"http://127.0.0.1:{port}", proc))
@@ -261,6 +270,41 @@ async def cross_node(bench: Bench, results: Results, *, sockets: int, publishes:
     b.stop()
 
 
+async def routing(bench: Bench, results: Results, *, users: int, publishes: int) -> None:
+    """4 nodes on one Redis, ``users`` sockets (one per user) all on the first;
+    ``publishes`` events to their user rooms through the first: the CPU seconds
+    each node spends, ticketgate's routed fan-out against python-socketio's
+    AsyncRedisManager (every event to every node: ticketgate before #13)."""
+    spec = {
+        "auths": str(bench.token_auths(users, users=users)),
+        "publishes": publishes,
+        "rooms": [f"user:u{i}" for i in range(users)],
+        "membersPerRoom": 1,
+        "concurrency": 20,
+    }
+    variants: list[tuple[str, Callable[[], Server]]] = [
+        ("ticketgate, routed", lambda: bench.gateway("tg", redis_url=bench.redis.url)),
+        ("python-socketio AsyncRedisManager, unrouted", lambda: bench.bare(bench.redis.url)),
+    ]
+    for name, start in variants:
+        nodes = [start() for _ in range(4)]
+        idle = [socketio.AsyncClient() for _ in nodes[1:]]  # the other nodes have users of their own
+        for index, (client, node) in enumerate(zip(idle, nodes[1:], strict=True)):
+            token = bench.tokens.mint(f"idle{index}", ttl=3600)[0]
+            await client.connect(node.url, auth={"token": token}, transports=["websocket"])
+        await asyncio.sleep(0.5)  # every node subscribed
+        before = [node.cpu_seconds() for node in nodes]
+        lines = await load(nodes[0].url, spec)
+        delivered = line(lines, "delivered")
+        assert delivered["count"] == delivered["expected"], (name, lines)
+        spent = [node.cpu_seconds() - start_cpu for node, start_cpu in zip(nodes, before, strict=True)]
+        results.routing[name] = (spent[0], spent[1:])
+        for client in idle:
+            await client.disconnect()
+        for node in nodes:
+            node.stop()
+
+
 def report(results: Results) -> None:
     node = "Node socket.io"
 
@@ -286,9 +330,14 @@ def report(results: Results) -> None:
         print("\n## cross-node publish -> deliver latency (ms)")
     for name, (p50, p99) in results.latency.items():
         print(f"  {name:40} p50 {p50:6.2f}   p99 {p99:6.2f}")
+    if results.routing:
+        print("\n## CPU seconds per node: 4 nodes, events to users connected on the first (routing)")
+    for name, (busy, others) in results.routing.items():
+        idle = "  ".join(f"{value:5.2f}" for value in others)
+        print(f"  {name:45} busy node {busy:6.2f}   the other three {idle}")
 
 
-SCENARIOS = ("fanout", "memory", "latency")
+SCENARIOS = ("fanout", "memory", "latency", "routing")
 
 
 async def run(quick: bool, only: set[str] | None = None) -> None:
@@ -314,6 +363,8 @@ async def run(quick: bool, only: set[str] | None = None) -> None:
             await memory(bench, results, server, sockets=500 if quick else 2000)
         if "latency" in wanted:
             await cross_node(bench, results, sockets=1000 if quick else 5000, publishes=1000, rate=500)
+        if "routing" in wanted:
+            await routing(bench, results, users=100, publishes=1000 if quick else 10_000)
     finally:
         bench.stop()
     report(results)

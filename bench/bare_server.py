@@ -7,7 +7,11 @@ It runs its handlers inline (``async_handlers=False``) as the gateway does, so
 the ratios measure the gateway's own work, not the task python-socketio's
 default spawns for every packet.
 
-    python -m bench.bare_server PORT PUBLIC_JWK_JSON ADMIN_TOKEN
+With a Redis URL it runs python-socketio's ``AsyncRedisManager``: every emit
+goes to every process on one channel (the unrouted fan-out ticketgate had
+before issue #13).
+
+    python -m bench.bare_server PORT PUBLIC_JWK_JSON ADMIN_TOKEN [REDIS_URL]
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from aiohttp import web
 def main() -> None:
     port, public_jwk, admin = int(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
     key = jwt.PyJWK(public_jwk, algorithm="ES256")
-    sio = socketio.AsyncServer(async_mode="aiohttp", async_handlers=False, logger=False, engineio_logger=False)
+    manager = socketio.AsyncRedisManager(sys.argv[4]) if len(sys.argv) > 4 else None
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp", client_manager=manager, async_handlers=False, logger=False, engineio_logger=False
+    )
 
     @sio.event
     async def connect(sid: str, environ: object, auth: Any = None) -> None:

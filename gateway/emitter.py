@@ -1,7 +1,8 @@
 """Publish into a ticketgate cluster from any Python backend, without running
-a gateway: python-socketio's write-only Redis manager on the cluster's channel.
+a gateway: the gateway's own routed manager, write-only (an event goes only to
+the nodes with members of its room).
 
-    emitter = Emitter("redis://localhost:6379/0")
+    emitter = Emitter("redis://localhost:6379/0")   # cluster=True for a Redis Cluster
     await emitter.publish("user:alice", "invoice_paid", {"id": 42})
     await emitter.close()
 """
@@ -11,12 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.realtime import ROOM_PATTERN, is_reserved_event
-from gateway.realtime.managers import ClusterManager
+from gateway.realtime.managers import RoutedManager
+from gateway.redisconn import RedisTarget
 
 
 class Emitter:
-    def __init__(self, redis_url: str, *, channel: str = "socketio") -> None:
-        self._manager = ClusterManager(redis_url, channel=channel, write_only=True)
+    def __init__(self, redis_url: str, *, channel: str = "socketio", cluster: bool = False) -> None:
+        self._manager = RoutedManager(RedisTarget(redis_url, cluster=cluster), channel=channel, write_only=True)
 
     async def publish(self, room: str, event: str, data: Any = None) -> None:
         """Deliver ``event`` to ``room`` on every gateway of the cluster.
@@ -32,5 +34,4 @@ class Emitter:
         await self._manager.emit(event, data, room=room)
 
     async def close(self) -> None:
-        if self._manager.redis is not None:
-            await self._manager.redis.aclose()
+        await self._manager.close()

@@ -52,5 +52,16 @@ class Metrics:
             "ticketgate_admin_disconnects", "Sockets closed by the disconnect API", ["reason"], registry=self.registry
         )
 
+        self.fanout_received = Counter(
+            "ticketgate_fanout_messages_received",
+            "Messages this node received from the cluster's fan-out (only rooms with local members are routed here)",
+            registry=self.registry,
+        )
+        self.fanout_rooms = Gauge(
+            "ticketgate_fanout_rooms",
+            "Rooms whose fan-out channel this node subscribes (it has local members of them)",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,7 +11,7 @@ timeouts: a dead Redis must turn into a fast 503/4503, not a hung connect.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -46,8 +46,8 @@ class RedisTarget:
             return RedisCluster.from_url(self.url, **settings)
         if self.sentinel:
             sentinels, service, connection = parse_redis_sentinel_url(self.url)
-            sentinel = Sentinel(
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
                 sentinels, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=COMMAND_TIMEOUT
             )
-            return sentinel.master_for(service, **{**connection, **settings})
+            return cast(aioredis.Redis, sentinel.master_for(service, **{**connection, **settings}))
         return aioredis.Redis.from_url(self.url, health_check_interval=15, retry_on_timeout=False, **settings)

@@ -49,6 +49,7 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
     session_id = request.match_info["sessionId"]
     realtime = request.app[keys.realtime]
     metrics = request.app[keys.metrics]
+    room = session_room(session_id)
     try:
         if realtime.draining:
             await ws.close(code=closes.GOING_AWAY.code, message=closes.GOING_AWAY.reason.encode())
@@ -61,14 +62,13 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
             # PROTOCOL §6.13: the wsToken is judged first, and a malformed one is wrong.
             raise InvalidToken("malformed sessionId or token") from None
         opened = await request.app[keys.sessions].open(session_id, params["token"])
+        raw = RawSessionSocket(ws, seq=opened.seq)
+        await realtime.add_raw(room, raw)
     except GatewayError as exc:
         metrics.connect_attempts.labels("refused", exc.reason).inc()
         logger.info("raw session socket refused reason=%s", exc.reason)
         await ws.close(code=code_for(exc, Surface.RAW), message=exc.reason.encode())
         return ws
-    raw = RawSessionSocket(ws, seq=opened.seq)
-    room = session_room(session_id)
-    realtime.add_raw(room, raw)
     if await request.app[keys.sessions].superseded(session_id, opened.seq):  # see SessionService.superseded
         realtime.remove_raw(room, raw)
         await raw.close(closes.REPLACED)

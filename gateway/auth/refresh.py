@@ -28,7 +28,7 @@ from gateway import closes
 from gateway.auth.tokens import Principal
 from gateway.errors import InvalidToken, RefreshReuse, Revoked
 from gateway.formats import b64url, b64url_decode, is_canonical_b64url
-from gateway.realtime import Fanout, family_room
+from gateway.realtime import Fanout, family_room, user_room
 from gateway.store import Store, keys
 
 _TOKEN_BYTES = 32
@@ -151,7 +151,7 @@ class RefreshService:
         if outcome == "missing":
             raise InvalidToken("unknown or expired refresh token")
         if outcome == "reuse":
-            await self._fanout.close_room(family_room(family), closes.REFRESH_REUSE)
+            await self._fanout.close_room(family_room(family), closes.REFRESH_REUSE, via=user_room(sub))
             raise RefreshReuse("this refresh token was already used: its family is revoked")
         if outcome == "revoked":
             raise Revoked("this refresh token is revoked")

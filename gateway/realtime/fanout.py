@@ -17,6 +17,10 @@ class Fanout(Protocol):
         """Deliver ``event`` to every socket of ``room`` on every node; StoreUnavailable
         if the cluster cannot be reached (then no socket has it)."""
 
-    async def close_room(self, room: str, close: Close, *, older_than: int | None = None) -> None:
+    async def close_room(
+        self, room: str, close: Close, *, older_than: int | None = None, via: str | None = None
+    ) -> None:
         """Send ``closing`` to, then close, every socket of ``room`` on every node
-        (with ``older_than``: only connections numbered below it)."""
+        (with ``older_than``: only connections numbered below it). ``via``: a room
+        all of whose nodes hold ``room``'s sockets, for a ``room`` that is no
+        Socket.IO room of its own (a refresh-token family: its user's room)."""

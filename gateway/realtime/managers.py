@@ -7,34 +7,33 @@ event is encoded once and written to each recipient (``EngineSocket.deliver``),
 session events also go to this node's raw WebSockets, internal control
 messages (``_tg:*``) are acted on instead of being delivered, and events for
 sockets that hold their events (re-authentication) are kept for them.
-With the redis engine the manager is ``ClusterManager``, python-socketio's
-``AsyncRedisManager`` on its default channel, so any write-only manager
-(``gateway.emitter``) can publish too.
+With the redis engine the manager is ``RoutedManager``: python-socketio's
+pub/sub manager on the ``Broker`` (gateway/realtime/broker.py), which sends a
+room's events only to the nodes with members of it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import socketio
 from engineio import packet as eio_packet
+from socketio.async_pubsub_manager import AsyncPubSubManager
 
-from gateway.errors import StoreUnavailable
+from gateway.realtime.broker import Broker
 from gateway.realtime.engine import EngineSocket, frame
-from gateway.realtime.names import CONTROL_CLOSE, NAMESPACE, RAW_EVENTS, UNHELD_EVENTS
+from gateway.realtime.names import CONTROL_CLOSE, NAMESPACE, RAW_EVENTS, ROOM_PATTERN, UNHELD_EVENTS
+from gateway.redisconn import RedisTarget
 
 if TYPE_CHECKING:
     from gateway.realtime.node import Realtime
 
 logger = logging.getLogger(__name__)
-
-LISTEN_RETRY_MAX = 5.0
 
 
 class LocalFanout(socketio.AsyncManager):  # type: ignore[misc]
@@ -93,6 +92,24 @@ class LocalFanout(socketio.AsyncManager):  # type: ignore[misc]
 
     def get_rooms(self, sid: str, namespace: str) -> list[str]:
         return [room for room in self._rooms_of.get((namespace, sid), ()) if room is not None]
+
+    # What a routed manager needs to know of rooms held outside Socket.IO (raw
+    # session WebSockets), and when a join is complete; one node needs neither.
+
+    def retain(self, room: str) -> None:
+        """Another local member of ``room`` that is no Socket.IO socket."""
+
+    def release(self, room: str) -> None:
+        """One such member less."""
+
+    async def ready(self, room: str) -> None:
+        """Return once an emit to ``room`` made from now on reaches this node's members."""
+
+    async def start(self) -> None:
+        """Start receiving from other nodes (after ``initialize``)."""
+
+    async def close(self) -> None:
+        """Stop receiving from other nodes and release their connections."""
 
     # -- delivery -----------------------------------------------------------------
 
@@ -165,26 +182,71 @@ def arguments(data: Any) -> list[Any]:
 
 
 # Local deliveries of an emit that is being published, kept back until the
-# publish has gone out (a context variable: the Redis listener's task, which
+# publish has gone out (a context variable: the broker's listener, which
 # delivers other nodes' emits, never sees it set).
 _held_back: ContextVar[list[Any] | None] = ContextVar("ticketgate_held_back", default=None)
 
+RECEIVED_BACKLOG = 10_000  # messages received from Redis and not yet delivered (then the reader waits)
 
-class ClusterManager(socketio.AsyncRedisManager, LocalFanout):  # type: ignore[misc]
-    """AsyncRedisManager whose local deliveries go through LocalFanout, with
-    two changes for a cluster that must not lose or duplicate events:
 
-    * an emit is published to Redis *before* it is delivered on this node, and
-      a failed publish raises StoreUnavailable: the caller (``POST
-      /api/publish`` answers 503) knows the event reached no socket at all, so
-      a retry duplicates nothing;
-    * the listener retries a lost Redis connection with a wait capped at
-      LISTEN_RETRY_MAX (python-socketio's grows to 60 s: a node could stay deaf
-      to the cluster for a minute after Redis returned), closing the old
-      connection first.
+def routable(room: str | None) -> bool:
+    """Does ``room`` have a channel of its own? The gateway's rooms do (``user:``,
+    ``session:``, ``room:``); a socket's own room (its sid) and a whole
+    namespace (None) go on the broadcast channel."""
+    return room is not None and ROOM_PATTERN.match(room) is not None
+
+
+class RoutedManager(AsyncPubSubManager, LocalFanout):  # type: ignore[misc]
+    """The redis engine's client manager: python-socketio's pub/sub manager
+    whose messages go through the ``Broker`` (routed: a room's emits reach only
+    the nodes with members of it), and whose local deliveries go through
+    LocalFanout.
+
+    * Joining a room retains its channel, leaving releases it (``basic_enter_room``,
+      ``basic_leave_room``: every path in and out of a room passes there);
+      ``ready`` waits until a room's subscription is confirmed.
+    * An emit is published *before* it is delivered on this node, and a failed
+      publish raises StoreUnavailable: the caller (``POST /api/publish``
+      answers 503) knows the event reached no socket at all, so a retry
+      duplicates nothing.
+    * Messages are python-socketio's (JSON, with its ``host_id``), so a stock
+      ``AsyncRedisManager(write_only=True)`` publishing on the broadcast
+      channel is still understood (unrouted: every node receives it).
     """
 
-    stopping = False  # set by Realtime.stop: the listener ends instead of retrying
+    name = "ticketgate-routed"
+
+    def __init__(self, target: RedisTarget, *, channel: str = "socketio", write_only: bool = False) -> None:
+        super().__init__(channel=channel, write_only=write_only)
+        self.broker = Broker(target=target, base_channel=channel, on_message=self._received)
+        self._inbox: asyncio.Queue[bytes] = asyncio.Queue(RECEIVED_BACKLOG)
+        self.on_received: Callable[[], None] | None = None  # counts what Redis brought (metrics)
+
+    # -- rooms and their channels -------------------------------------------------
+
+    def basic_enter_room(self, sid: str, namespace: str, room: str | None, eio_sid: str | None = None) -> None:
+        joined = routable(room) and sid not in self.rooms.get(namespace, {}).get(room, {})
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if joined:
+            self.broker.retain(cast(str, room))
+
+    def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
+        left = routable(room) and sid in self.rooms.get(namespace, {}).get(room, {})
+        super().basic_leave_room(sid, namespace, room)
+        if left:
+            self.broker.release(cast(str, room))
+
+    def retain(self, room: str) -> None:
+        self.broker.retain(room)
+
+    def release(self, room: str) -> None:
+        self.broker.release(room)
+
+    async def ready(self, room: str) -> None:
+        if routable(room):
+            await self.broker.ready(room)
+
+    # -- publishing ------------------------------------------------------------------
 
     async def emit(
         self,
@@ -220,37 +282,32 @@ class ClusterManager(socketio.AsyncRedisManager, LocalFanout):  # type: ignore[m
             return
         await super()._handle_emit(message)
 
-    async def _publish(self, data: Any) -> Any:
-        result = await super()._publish(data)
-        if result is None:  # the parent gave up after its retry
-            raise StoreUnavailable("cannot publish to redis")
-        return result
+    async def _publish(self, data: Any) -> None:
+        room = data.get("room") if data.get("method") == "emit" else None
+        payload = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+        await self.broker.publish(room if routable(room) else None, payload)
 
-    async def _redis_listen_with_retries(self) -> Any:
-        delay = 0.5
-        subscribed = False
+    # -- receiving ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.broker.start()
+
+    async def _received(self, payload: bytes) -> None:
+        if self.on_received is not None:
+            self.on_received()
+        await self._inbox.put(payload)  # a full inbox makes the broker's reader wait
+
+    async def _listen(self) -> Any:
         while True:
+            payload = await self._inbox.get()
             try:
-                if not subscribed:
-                    await self._close_connections()
-                    self._redis_connect()
-                    await self.pubsub.subscribe(self.channel)
-                    subscribed = True
-                    delay = 0.5
-                async for message in self.pubsub.listen():
-                    yield message
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self.stopping:  # the cancel was lost in redis-py's read: end as cancelled
-                    raise asyncio.CancelledError from exc
-                logger.warning("fan-out listener lost Redis (%s); retrying in %.1fs", type(exc).__name__, delay)
-                subscribed = False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, LISTEN_RETRY_MAX)
+                yield orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                logger.warning("fan-out: dropped a message that is not JSON (%d bytes)", len(payload))
 
-    async def _close_connections(self) -> None:
-        for client in (self.pubsub, self.redis):
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+    async def close(self) -> None:
+        thread = getattr(self, "thread", None)
+        if thread is not None:
+            thread.cancel()
+            await asyncio.gather(thread, return_exceptions=True)
+        await self.broker.stop()

@@ -14,7 +14,7 @@ from gateway import closes
 from gateway.closes import Close
 from gateway.metrics import Metrics
 from gateway.realtime.engine import EngineSocket, frame, packet_frame
-from gateway.realtime.managers import LocalFanout, arguments, encode_event
+from gateway.realtime.managers import LocalFanout, RoutedManager, arguments, encode_event
 from gateway.realtime.names import CONTROL_CLOSE, FAMILY_ROOM_PREFIX, NAMESPACE
 from gateway.realtime.registry import Conn, Registry
 from gateway.realtime.server import Server
@@ -58,6 +58,9 @@ class Realtime:
             raise TypeError("the Socket.IO client manager must be a LocalFanout")
         self._manager = manager
         manager.realtime = self
+        if isinstance(manager, RoutedManager):
+            manager.on_received = metrics.fanout_received.inc
+            metrics.fanout_rooms.set_function(lambda: manager.broker.rooms)
         sio.eio.on_slow_consumer = self._slow_consumer
 
     async def start(self) -> None:
@@ -66,22 +69,12 @@ class Realtime:
         if not self.sio.manager_initialized:
             self.sio.manager_initialized = True
             self._manager.initialize()
+            await self._manager.start()
 
     async def stop(self) -> None:
-        manager = self._manager
-        thread = getattr(manager, "thread", None)
-        if thread is not None:
-            # Wait for the listener to end before its connections close: a cancel
-            # that lands inside redis-py's read can surface as a connection error,
-            # and a listener that retried then outlived the app.
-            manager.stopping = True
-            thread.cancel()
-            await asyncio.wait([thread], timeout=5)
+        await self._manager.close()  # nothing more from other nodes
         await self.scheduler.close()
         await self.sio.shutdown()
-        redis = getattr(manager, "redis", None)
-        if redis is not None:
-            await redis.aclose()
 
     # -- the registry: this node's sockets -----------------------------------------
 
@@ -99,7 +92,10 @@ class Realtime:
         return self.registry.remove(sid)
 
     async def join(self, sid: str, room: str) -> None:
+        """Put ``sid`` in ``room``; once this returns, every emit to the room reaches
+        it (StoreUnavailable if the cluster did not confirm the room's channel)."""
         await self.sio.enter_room(sid, room)
+        await self._manager.ready(room)
 
     async def leave(self, sid: str, room: str) -> None:
         await self.sio.leave_room(sid, room)
@@ -129,11 +125,14 @@ class Realtime:
 
     # -- closing -------------------------------------------------------------
 
-    async def close_room(self, room: str, close: Close, *, older_than: int | None = None) -> None:
+    async def close_room(
+        self, room: str, close: Close, *, older_than: int | None = None, via: str | None = None
+    ) -> None:
         """Send ``closing`` to, then close, every socket of ``room`` on every node
-        (both transports); with ``older_than``, only connections numbered below it."""
+        (both transports); with ``older_than``, only connections numbered below it.
+        The order travels to the nodes with members of ``via`` (default: ``room``)."""
         order = {"room": room, "code": close.code, "reason": close.reason, "olderThan": older_than}
-        await self.sio.emit(CONTROL_CLOSE, order)
+        await self.sio.emit(CONTROL_CLOSE, order, room=via or room)
 
     async def apply_close(self, order: Mapping[str, Any]) -> None:
         """This node's part of a ``close_room``."""
@@ -306,12 +305,19 @@ class Realtime:
 
     # -- raw session sockets ---------------------------------------------------------
 
-    def add_raw(self, room: str, raw: RawSocket) -> None:
+    async def add_raw(self, room: str, raw: RawSocket) -> None:
+        """Count ``raw`` among ``room``'s members (as ``join`` does a Socket.IO socket)."""
         self.raw.setdefault(room, {})[raw.id] = raw
+        self._manager.retain(room)
+        try:
+            await self._manager.ready(room)
+        except BaseException:
+            self.remove_raw(room, raw)
+            raise
 
     def remove_raw(self, room: str, raw: RawSocket) -> None:
         members = self.raw.get(room)
-        if members is not None:
-            members.pop(raw.id, None)
+        if members is not None and members.pop(raw.id, None) is not None:
+            self._manager.release(room)
             if not members:
                 del self.raw[room]

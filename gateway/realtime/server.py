@@ -13,7 +13,7 @@ import socketio
 
 from gateway.config import Config
 from gateway.realtime.engine import MAX_PAYLOAD_BYTES, EngineServer
-from gateway.realtime.managers import ClusterManager, LocalFanout
+from gateway.realtime.managers import LocalFanout, RoutedManager
 
 EngineOpened = Callable[[str, Mapping[str, Any]], bool]
 # What a Socket.IO connect handler reads of the handshake's environ; the rest
@@ -78,7 +78,8 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
 
 def create_server(config: Config, *, cors: Callable[[str | None, Mapping[str, Any]], bool]) -> Server:
     """The Socket.IO server; ``cors`` judges an Origin for engine.io (its CORS headers)."""
-    manager = ClusterManager(config.redis_url, channel=config.redis_channel) if config.redis_url else LocalFanout()
+    redis = config.redis
+    manager = RoutedManager(redis, channel=config.redis_channel) if redis is not None else LocalFanout()
     return Server(
         async_mode="aiohttp",
         client_manager=manager,
