@@ -16,8 +16,9 @@ from gateway.closes import Close
 from gateway.errors import InvalidToken, RefreshReuse
 from gateway.formats import b64url, b64url_decode, is_canonical_b64url
 from gateway.realtime import family_room
+from gateway.redisconn import RedisTarget
 from gateway.store import Store, create_store, keys
-from tests.support import RedisServer
+from tests.support import RedisCluster
 
 
 class Closes:
@@ -29,18 +30,20 @@ class Closes:
     async def publish(self, room: str, event: str, data: Any) -> None:
         raise AssertionError("refresh tokens publish nothing")
 
-    async def close_room(self, room: str, close: Close, *, older_than: int | None = None) -> None:
+    async def close_room(
+        self, room: str, close: Close, *, older_than: int | None = None, via: str | None = None
+    ) -> None:
         self.closed.append((room, close))
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    url = None
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        server.flush()
-        url = server.url
-    made = create_store(url)
+    target = None
+    if request.param == "cluster":  # where keys of several slots in one script would fail
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        target = RedisTarget(cluster.url, cluster=True)
+    made = create_store(target)
     yield made
     await made.close()
 
