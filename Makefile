@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 JS     := tests/js/node_modules/.installed
 DEMO_JS := web_demo/node_modules/.installed
 BENCH_JS := bench/node_modules/.installed
-APT_PACKAGES := redis-server:redis-server nginx:nginx chromium:chromium
+APT_PACKAGES := redis-server:redis-server redis-cli:redis-tools nginx:nginx chromium:chromium
 
 .PHONY: run test lint venv system-deps js-deps dist bench screenshot clean
 

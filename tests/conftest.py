@@ -22,6 +22,8 @@ from tests.support import (
     JwksServer,
     NodeScripts,
     Probe,
+    RedisCluster,
+    RedisSentinel,
     RedisServer,
     http_json,
     issue_ticket,
@@ -37,6 +39,25 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real three-master Redis Cluster shared by the session: ``flush()`` it first; a
+    test that stops a master starts it again (in a ``finally``)."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
+    """A real Redis master watched by a real Sentinel, shared by the session: ``flush()`` it first."""
+    sentinel = RedisSentinel(tmp_path_factory.mktemp("redis-sentinel"))
+    sentinel.start()
+    yield sentinel
+    sentinel.stop()
 
 
 @pytest.fixture

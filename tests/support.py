@@ -15,18 +15,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import aiohttp
 import jwt
+import redis
 import redis.asyncio as aioredis
 import socketio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from jwcrypto import jwk
+from redis.crc import key_slot
 
 from gateway import keys
 from gateway.app import create_runner
@@ -58,9 +60,16 @@ class Clock:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (all held at once while chosen, so none comes twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def wait_for_port(port: int, *, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -82,37 +91,59 @@ def which(name: str) -> str:
 
 
 class RedisServer:
-    """A real redis-server on a free port, without persistence; stoppable and restartable."""
+    """A real redis-server on a free port (or ``port``), without persistence; stoppable and
+    restartable on the same port.
 
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
+    ``config`` is a config file it reads first and ``args`` are directives after the
+    usual ones (a later directive wins). It logs to ``log_file`` in ``workdir``.
+    """
+
+    def __init__(
+        self, workdir: Path, *, port: int | None = None, config: Path | None = None, args: Sequence[str] = ()
+    ) -> None:
+        self.port = free_port() if port is None else port
         self.workdir = workdir
+        self.config = config
+        self.args = tuple(args)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / f"redis-{self.port}.log"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                which("redis-server"),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port, proc=self.proc)
+        command = [
+            which("redis-server"),
+            *([str(self.config)] if self.config is not None else []),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            *self.args,
+        ]
+        # stdout and stderr both: a bad config is reported on stderr, before any log file opens.
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(self.port, proc=self.proc)
+        except (RuntimeError, TimeoutError) as error:
+            self.stop()
+            raise RuntimeError(f"redis-server on {self.port} did not start ({error}):\n{self.log_tail()}") from None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -124,6 +155,249 @@ class RedisServer:
         subprocess.run(
             [which("redis-cli"), "-p", str(self.port), "FLUSHALL"], check=True, capture_output=True, timeout=10
         )
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+
+def redis_command(port: int, *args: str | int) -> Any:
+    """One command to the redis-server on ``port``, answered as redis-py parses it
+    (for its parser, a two-word command is one string: "CLUSTER INFO")."""
+    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True) as client:
+        return client.execute_command(*args)
+
+
+def require_redis_7() -> None:
+    """Redis Cluster's sharded pub/sub and --cluster-port are Redis 7's."""
+    out = subprocess.run([which("redis-server"), "--version"], check=True, capture_output=True, text=True).stdout
+    version = out.split("v=", 1)[1].split()[0]
+    if int(version.split(".")[0]) < 7:
+        raise RuntimeError(f"redis-server {version} is too old: Redis Cluster tests need Redis 7 or later")
+
+
+class RedisCluster:
+    """A real Redis Cluster: three masters without replicas (``masters``) on free ports,
+    without persistence, joined by ``redis-cli --cluster create``.
+
+    Unlike Redis's default, ``cluster-require-full-coverage no``: while a master is
+    stopped the others go on serving their own slots. With the default, every node
+    would refuse every key once the others mark the stopped master failed, about
+    ``NODE_TIMEOUT_MS`` later, so what a test saw would depend on how long it took.
+
+    ``config`` is a redis.conf every node reads first (deploy/redis-cluster's, to check
+    it); the settings above come after it and win.
+    """
+
+    NODE_TIMEOUT_MS = 2000
+    SLOTS = 16384
+
+    def __init__(self, workdir: Path, *, masters: int = 3, config: Path | None = None) -> None:
+        ports = free_ports(2 * masters)
+        self.nodes = [
+            RedisServer(
+                workdir,
+                port=port,
+                config=config,
+                args=(
+                    "--cluster-enabled",
+                    "yes",
+                    # The default bus port, port + 10000, is over 65535 for many free ports.
+                    "--cluster-port",
+                    str(bus_port),
+                    "--cluster-config-file",
+                    str(workdir / f"nodes-{port}.conf"),
+                    "--cluster-node-timeout",
+                    str(self.NODE_TIMEOUT_MS),
+                    "--cluster-require-full-coverage",
+                    "no",
+                ),
+            )
+            for port, bus_port in zip(ports[:masters], ports[masters:], strict=True)
+        ]
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """The first node's URL, a seed for cluster clients (a cluster has only database 0)."""
+        return self.urls[0]
+
+    def start(self) -> None:
+        require_redis_7()
+        try:
+            for node in self.nodes:
+                node.start()
+            create = subprocess.run(
+                [
+                    which("redis-cli"),
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{port}" for port in self.ports),
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if create.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed ({create.returncode}):\n{create.stdout}")
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def flush(self) -> None:
+        """FLUSHALL on every master."""
+        for node in self.nodes:
+            node.flush()
+
+    def stop_node(self, i: int) -> None:
+        """Stop master ``i``. Its slots stay its own (it has no replica to take them
+        over): until ``start_node(i)`` commands on its keys fail, while the other
+        masters serve theirs. Its data is lost (no persistence)."""
+        self.nodes[i].stop()
+
+    def start_node(self, i: int) -> None:
+        """Start master ``i`` again on its port with its nodes.conf: it rejoins as the
+        same node with the same slots, empty. Returns once the cluster is healthy:
+        ~2 s, as a restarted master waits that long before it serves; up to 4 s more
+        if the others had marked it failed (see ``wait_healthy``)."""
+        self.nodes[i].start()
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every node says ``cluster_state:ok`` and sees every node connected
+        and none failing. (The others clear a master of FAIL, once it is back, only
+        two node timeouts after they marked it.)"""
+        deadline = time.monotonic() + timeout
+        while True:
+            problems = {node.port: self._problem(node.port) for node in self.nodes}
+            if not any(problems.values()):
+                return
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {node.log_file}\n{node.log_tail(5)}" for node in self.nodes)
+                raise TimeoutError(f"Redis Cluster not healthy after {timeout}s: {problems}\n{logs}")
+            time.sleep(0.05)
+
+    def _problem(self, port: int) -> str:
+        """What is wrong with the cluster as the node on ``port`` sees it ("" if nothing)."""
+        try:
+            state = redis_command(port, "CLUSTER INFO")["cluster_state"]
+            nodes = redis_command(port, "CLUSTER NODES")
+        except redis.RedisError as error:
+            return repr(error)
+        if state != "ok":
+            return f"cluster_state:{state}"
+        bad = [
+            f"{address} {info['flags']}"
+            for address, info in nodes.items()
+            if "fail" in info["flags"] or not info["connected"]
+        ]
+        if len(nodes) != len(self.nodes) or bad:
+            return f"knows {len(nodes)} nodes, unwell: {bad}"
+        return ""
+
+    def slot_ports(self) -> list[tuple[int, int, int]]:
+        """(first slot, last slot, port of its master) of every slot range, from CLUSTER SLOTS."""
+        port = next(node.port for node in self.nodes if node.running)
+        return [(first, last, int(master[1])) for first, last, master, *_ in redis_command(port, "CLUSTER SLOTS")]
+
+    def port_of_slot(self, slot: int) -> int:
+        return next(port for first, last, port in self.slot_ports() if first <= slot <= last)
+
+    def node_for_slot(self, slot: int) -> int:
+        """The index in ``nodes`` of the master serving ``slot``."""
+        return self.ports.index(self.port_of_slot(slot))
+
+    def node_for_key(self, key: str | bytes) -> int:
+        return self.node_for_slot(key_slot(key.encode() if isinstance(key, str) else key))
+
+    def key_for_node(self, i: int, prefix: str = "key:") -> str:
+        """The first of ``prefix`` + 0, 1, 2... that lives on master ``i`` (a key name,
+        or a hash tag to put between braces)."""
+        ranges = [(first, last) for first, last, port in self.slot_ports() if port == self.ports[i]]
+        for n in range(self.SLOTS):
+            slot = key_slot(f"{prefix}{n}".encode())
+            if any(first <= slot <= last for first, last in ranges):
+                return f"{prefix}{n}"
+        raise ValueError(f"no key {prefix}<n> on node {i}: does {prefix!r} hold a hash tag?")
+
+
+class RedisSentinel:
+    """One real Redis master (``master``, a RedisServer) watched by one real Sentinel,
+    both on free ports, the master known as ``SERVICE``."""
+
+    SERVICE = "ticketgate"
+    DOWN_AFTER_MS = 2000
+
+    def __init__(self, workdir: Path) -> None:
+        self.master = RedisServer(workdir / "master")
+        self.config_file = workdir / "sentinel" / "sentinel.conf"
+        self.sentinel = RedisServer(workdir / "sentinel", config=self.config_file, args=("--sentinel",))
+
+    @property
+    def port(self) -> int:
+        return self.sentinel.port
+
+    @property
+    def url(self) -> str:
+        """python-socketio's form: redis+sentinel://host:port[,host:port...]/db/service."""
+        return f"redis+sentinel://127.0.0.1:{self.port}/0/{self.SERVICE}"
+
+    def start(self) -> None:
+        try:
+            self.master.start()
+            self.config_file.parent.mkdir(parents=True, exist_ok=True)
+            # Written anew at each start: Sentinel rewrites it with what it learns.
+            # (Port, bind and dir come on its command line, as for every RedisServer.)
+            self.config_file.write_text(
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} 1\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} {self.DOWN_AFTER_MS}\n"
+            )
+            self.sentinel.start()
+            self._wait_master()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        self.sentinel.stop()
+        self.master.stop()
+
+    def flush(self) -> None:
+        self.master.flush()
+
+    def _wait_master(self, timeout: float = 10.0) -> None:
+        """Until the sentinel names the master and has a link to it (flags just "master")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                address = redis_command(self.port, "SENTINEL GET-MASTER-ADDR-BY-NAME", self.SERVICE)
+                flags = redis_command(self.port, "SENTINEL MASTER", self.SERVICE)["flags"]
+            except redis.RedisError as error:
+                address, flags = None, repr(error)
+            if address == ("127.0.0.1", self.master.port) and flags == "master":
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"sentinel on {self.port} reports {address}, flags {flags} after {timeout}s:\n"
+                    f"{self.sentinel.log_tail()}"
+                )
+            time.sleep(0.05)
 
 
 def keygen() -> dict[str, str]:
