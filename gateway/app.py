@@ -77,7 +77,7 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
         ],
     )
     metrics = Metrics()
-    store = create_store(config.redis_url)
+    store = create_store(config.redis)
     tokens = TokenService(config=config, http=lambda: app[keys.http_client], jwks_min_refresh=jwks_min_refresh)
     sio = create_server(config, cors=origins.engineio_check)
     realtime = Realtime(sio=sio, scheduler=Scheduler(), max_held=config.max_held_events, metrics=metrics)

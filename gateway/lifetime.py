@@ -177,10 +177,10 @@ class Lifetime:
 
     async def _renew(self, sid: str) -> None:
         conn = self._realtime.get(sid)
-        if conn is None or conn.refresh_hash is None:
+        if conn is None or conn.refresh_hash is None or conn.sub is None:
             return
         try:
-            rotated = await self._refresh.rotate_hash(conn.refresh_hash, renewal=True)
+            rotated = await self._refresh.renew(conn.sub, conn.refresh_hash)
         except GatewayError as exc:
             logger.info("could not renew the refresh token of sid=%s: %s", sid, exc.reason)
             return

@@ -6,6 +6,8 @@ Sentinel watches (python-socketio's form), and with ``redis_cluster = true`` a
 ``redis://`` URL is the seed node of a Redis Cluster. The store, the fan-out
 and the rate limits all build their clients here, with the same short
 timeouts: a dead Redis must turn into a fast 503/4503, not a hung connect.
+(One exception: limits' cluster storage builds its own ``RedisCluster``, as
+it takes no client, from ``cluster_options``.)
 """
 
 from __future__ import annotations
@@ -15,13 +17,36 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from socketio.redis_manager import parse_redis_sentinel_url
 
 CONNECT_TIMEOUT = 1.0
 COMMAND_TIMEOUT = 2.0
+# A cluster client's connections per node. redis-py's default (100) raises
+# MaxConnectionsError for the 101st concurrent command on one node, which a
+# burst of connects would meet as 503s; a single Redis's pool has no such
+# cap, and neither has a node's here (connections open on demand, are reused).
+CLUSTER_MAX_CONNECTIONS = 2**31
+# After a connection error a cluster client reloads the slot map and tries
+# again: once, which follows a failover that has already happened. redis-py's
+# default is 10 times, each behind a connect timeout where a node is silent.
+CLUSTER_RETRIES = 1
 
 Client = aioredis.Redis | RedisCluster
+
+
+class SentinelMaster(aioredis.Redis):
+    """The master a Sentinel names. Closing it closes its connections to the
+    Sentinels too, which redis-py leaves open (one more for each client built)."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if close_connection_pool or (close_connection_pool is None and self.auto_close_connection_pool):
+            pool = cast(SentinelConnectionPool, self.connection_pool)
+            for sentinel in pool.sentinel_manager.sentinels:
+                await sentinel.aclose()
 
 
 @dataclass(frozen=True)
@@ -33,8 +58,22 @@ class RedisTarget:
     def sentinel(self) -> bool:
         return self.url.startswith("redis+sentinel://")
 
+    def cluster_options(self, *, decode_responses: bool = False, name: str | None = None) -> dict[str, Any]:
+        """The keyword arguments of this target's ``RedisCluster``, besides its nodes."""
+        return {
+            "decode_responses": decode_responses,
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "socket_timeout": COMMAND_TIMEOUT,
+            "client_name": name,
+            "max_connections": CLUSTER_MAX_CONNECTIONS,
+            "retry": Retry(NoBackoff(), CLUSTER_RETRIES),
+        }
+
     def client(self, *, decode_responses: bool = False, name: str | None = None, **options: Any) -> Client:
         """A client with the gateway's timeouts; ``name`` shows in CLIENT LIST."""
+        if self.cluster:
+            cluster = self.cluster_options(decode_responses=decode_responses, name=name)
+            return RedisCluster.from_url(self.url, **{**cluster, **options})
         settings: dict[str, Any] = {
             "decode_responses": decode_responses,
             "socket_connect_timeout": CONNECT_TIMEOUT,
@@ -42,12 +81,14 @@ class RedisTarget:
             "client_name": name,
             **options,
         }
-        if self.cluster:
-            return RedisCluster.from_url(self.url, **settings)
         if self.sentinel:
             sentinels, service, connection = parse_redis_sentinel_url(self.url)
-            sentinel = Sentinel(  # type: ignore[no-untyped-call]
-                sentinels, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=COMMAND_TIMEOUT
-            )
-            return cast(aioredis.Redis, sentinel.master_for(service, **{**connection, **settings}))
+            sentinel_settings = {
+                "socket_connect_timeout": CONNECT_TIMEOUT,
+                "socket_timeout": COMMAND_TIMEOUT,
+                "client_name": name,
+            }
+            sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_settings)  # type: ignore[no-untyped-call]
+            master = sentinel.master_for(service, redis_class=SentinelMaster, **{**connection, **settings})
+            return cast(SentinelMaster, master)
         return aioredis.Redis.from_url(self.url, health_check_interval=15, retry_on_timeout=False, **settings)

@@ -3,14 +3,20 @@
 Every key lives under the ``tg:`` prefix and every value has a TTL, so a
 cluster's state can never grow without bound. Implementations raise
 ``StoreUnavailable`` (and nothing else) when their backend cannot be reached.
+An operation on several keys takes keys of one hash slot only (one
+``keys.slot_tag``; Redis Cluster runs a script on one shard), and both
+engines refuse others with ValueError, so that the memory engine catches a
+caller that would break on a cluster.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from gateway.store.keys import slot_tag
 
 Attempt = Literal["counted", "missing", "resolved", "exhausted"]
 Rotation = Literal["rotated", "missing", "reuse", "revoked", "stale"]
@@ -51,7 +57,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def create_records(self, records: Mapping[str, Mapping[str, str]], *, ttl: float) -> None:
-        """Create (or replace) several records at once (one round trip), each living ``ttl``."""
+        """Create (or replace) several records at once (one round trip), each living
+        ``ttl``; their keys share one slot tag."""
 
     @abc.abstractmethod
     async def get_record(self, key: str) -> dict[str, str] | None:
@@ -153,3 +160,10 @@ class Store(abc.ABC):
 def check_ttl(ttl: float) -> None:
     if ttl <= 0:
         raise ValueError(f"ttl must be positive, got {ttl}")
+
+
+def check_one_slot(names: Iterable[str]) -> None:
+    """ValueError unless every key in ``names`` has the same slot tag."""
+    tags = {slot_tag(name) for name in names}
+    if len(tags) > 1:
+        raise ValueError(f"the keys of one operation must share one hash slot tag, not {len(tags)}")

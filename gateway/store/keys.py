@@ -3,13 +3,50 @@
 Services and both engines call these; the engines add the ``tg:`` prefix
 (``PREFIX``). Lua scripts never build a key: each one they touch is passed in
 ``KEYS``.
+
+On a Redis Cluster every key a script touches must live in one hash slot, so
+the keys of one user carry the user's hash tag ``{u:<tag>}`` (``user_tag``:
+the first 16 hex digits of the SHA-256 of the ``sub``): the revocation
+cut-off, parked events, live-socket registry, refresh-token records and
+refresh-token families. The ``sub`` itself follows the tag where the key is
+the user's, so two users whose tags collide still have keys of their own.
+A refresh-token record is found by the token alone, so the token carries its
+user's tag (``gateway.auth.refresh``). Every other key is touched alone and
+has no tag: it hashes whole, which spreads tickets and sessions over the
+shards.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 PREFIX = "tg:"
 
 UPSTREAM = "upstream"  # messages from clients to rooms, for backend consumers (a stream)
+
+_TAG = re.compile(r"[0-9a-f]{16}")
+
+
+def user_tag(sub: str) -> str:
+    """The user's hash tag (16 hex digits): every key of the user shares its slot."""
+    return hashlib.sha256(sub.encode()).hexdigest()[:16]
+
+
+def _user(tag: str) -> str:
+    if _TAG.fullmatch(tag) is None:
+        raise ValueError("a user tag is 16 lowercase hex digits")
+    return "{u:" + tag + "}"
+
+
+def slot_tag(key: str) -> str:
+    """What Redis Cluster hashes to place ``key``: its hash tag (the text between
+    the first ``{`` and the next ``}``, if not empty), else the whole key. Keys
+    of one multi-key operation must share it. The ``tg:`` prefix has no braces,
+    so a key's tag is the same with or without it."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return key[start + 1 : end] if end > start + 1 else key
 
 
 def ticket(digest: str) -> str:
@@ -17,29 +54,29 @@ def ticket(digest: str) -> str:
     return f"ticket:{digest}"
 
 
-def refresh(digest: str) -> str:
-    """A refresh-token record, by the SHA-256 of the token."""
-    return f"refresh:{digest}"
+def refresh(tag: str, digest: str) -> str:
+    """A refresh-token record, by its user's tag (carried by the token) and the SHA-256 of the token."""
+    return f"refresh:{_user(tag)}:{digest}"
 
 
-def family(family_id: str) -> str:
-    """A refresh-token family: its user and whether it is revoked."""
-    return f"family:{family_id}"
+def family(sub: str, family_id: str) -> str:
+    """A refresh-token family of ``sub``: its user and whether it is revoked."""
+    return f"family:{_user(user_tag(sub))}:{family_id}"
 
 
 def revoked(sub: str) -> str:
     """The user's revocation cut-off (unix seconds): credentials issued before it are dead."""
-    return f"revoked:{sub}"
+    return f"revoked:{_user(user_tag(sub))}:{sub}"
 
 
 def parked(sub: str) -> str:
     """Held events of the user's closed sockets, oldest first, for their next socket."""
-    return f"parked:{sub}"
+    return f"parked:{_user(user_tag(sub))}:{sub}"
 
 
 def sockets(sub: str) -> str:
     """The user's live sockets: socket id -> when the entry goes stale."""
-    return f"sockets:{sub}"
+    return f"sockets:{_user(user_tag(sub))}:{sub}"
 
 
 def session(session_id: str) -> str:

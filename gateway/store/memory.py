@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
 from gateway.store import keys
-from gateway.store.base import Admission, Attempt, Rotation, Store, check_ttl
+from gateway.store.base import Admission, Attempt, Rotation, Store, check_one_slot, check_ttl
 from gateway.store.keys import PREFIX
 
 Value = str | dict[str, str] | list[str] | deque[tuple[str, dict[str, str]]]
@@ -77,6 +77,7 @@ class MemoryStore(Store):
         return value if isinstance(value, str) else None
 
     async def create_records(self, records: Mapping[str, Mapping[str, str]], *, ttl: float) -> None:
+        check_one_slot(records)
         for key, fields in records.items():
             self._set(key, dict(fields), ttl)
 
@@ -191,6 +192,7 @@ class MemoryStore(Store):
         revoked_key: str,
         renewal: bool = False,
     ) -> tuple[Rotation, dict[str, str] | None]:
+        check_one_slot([old_key, new_key, family_key, revoked_key])
         record = self._record(old_key)
         if record is None:
             return "missing", None

@@ -1,32 +1,42 @@
-"""The cluster engine: state in Redis through redis.asyncio (+ hiredis).
+"""The cluster engine: state in Redis through redis.asyncio (+ hiredis), on
+one Redis, the master a Sentinel names, or a Redis Cluster.
 
 Multi-step updates are Lua scripts (``lua/<name>.lua``, loaded once at start),
 which Redis runs atomically: one round trip each, and no interleaving with
 another node's update of the same key. A script touches only the keys passed
-in ``KEYS``.
+in ``KEYS``, all of one hash slot (``gateway.store.keys``), so that a cluster
+runs it on the shard that holds them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar, cast
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterError, NoScriptError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import StoreUnavailable
+from gateway.redisconn import Client, RedisTarget
 from gateway.store import keys
-from gateway.store.base import Admission, Attempt, Rotation, Store, check_ttl
+from gateway.store.base import Admission, Attempt, Rotation, Store, check_one_slot, check_ttl
 from gateway.store.keys import PREFIX
 
 T = TypeVar("T")
 
-# Short timeouts: a dead Redis must turn into a fast 503/4503, not a hung connect.
-_CONNECT_TIMEOUT = 1.0
-_COMMAND_TIMEOUT = 2.0
+CLIENT_NAME = "ticketgate-store"  # its Redis connections, as CLIENT LIST shows them
+# What a store operation meets when its keys' Redis cannot serve it. On a
+# cluster also ClusterDownError (a shard's slots are not served) and
+# RedisClusterException (no node answers to load the slot map, a slot without
+# a node): misuse that would raise the latter, keys of several slots in one
+# script, is refused before anything is sent (ValueError).
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, ClusterError, RedisClusterException)
 
 
 def _script(name: str) -> str:
@@ -48,36 +58,68 @@ def _ms(ttl: float) -> int:
     return max(1, int(ttl * 1000))
 
 
+class _Script:
+    """One Lua script, run by its SHA-1 (EVALSHA) on the node that holds its keys.
+
+    Not redis-py's ``register_script``: where a node does not know the script
+    (restarted, or never used) that one loads it with SCRIPT LOAD, which a
+    cluster client sends to every primary, so it fails while any shard is
+    down. EVAL on the keys' own node loads it there and runs it in one go.
+    """
+
+    def __init__(self, client: Client, name: str) -> None:
+        self._client = client
+        self._source = _script(name)
+        self._sha = hashlib.sha1(self._source.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
+
+    async def __call__(self, *, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await self._client.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self._client.execute_command("EVAL", self._source, len(keys), *keys, *args)
+
+
 class RedisStore(Store):
-    def __init__(self, *, url: str) -> None:
-        self.url = url
-        self._redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=_CONNECT_TIMEOUT,
-            socket_timeout=_COMMAND_TIMEOUT,
-            health_check_interval=15,
-            retry_on_timeout=False,
-        )
-        register = self._redis.register_script
-        self._create_records = register(_script("create_records"))
-        self._incr_field = register(_script("incr_field"))
-        self._count_attempt = register(_script("count_attempt"))
-        self._transition = register(_script("transition"))
-        self._append = register(_script("append"))
-        self._admit = register(_script("admit"))
-        self._disconnect_user = register(_script("disconnect_user"))
-        self._park = register(_script("park"))
-        self._rotate = register(_script("rotate"))
+    def __init__(self, *, target: RedisTarget) -> None:
+        self.target = target
+        self._redis = target.client(decode_responses=True, name=CLIENT_NAME)
+
+        def script(name: str) -> _Script:
+            return _Script(self._redis, name)
+
+        self._create_records = script("create_records")
+        self._incr_field = script("incr_field")
+        self._count_attempt = script("count_attempt")
+        self._transition = script("transition")
+        self._append = script("append")
+        self._append_stream = script("append_stream")
+        self._admit = script("admit")
+        self._disconnect_user = script("disconnect_user")
+        self._park = script("park")
+        self._rotate = script("rotate")
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
         try:
             return await op()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}") from None
 
     async def ping(self) -> None:
-        await self._call(self._redis.ping)
+        if not isinstance(self._redis, RedisCluster):
+            await self._call(self._redis.ping)
+            return
+        # A cluster is ready while any of its primaries answers: a shard that is
+        # down fails the operations on its own keys (StoreUnavailable), the same
+        # on every node, so taking the nodes out of a balancer would only turn
+        # part of an outage into all of it.
+        client = self._redis
+        await self._call(client.initialize)
+        answers = await asyncio.gather(
+            *(client.execute_command("PING", target_nodes=node) for node in client.get_primaries()),
+            return_exceptions=True,
+        )
+        if not any(answer is True for answer in answers):
+            raise StoreUnavailable("redis unreachable: no primary of the cluster answers")
 
     async def put(self, key: str, value: str, *, ttl: float) -> None:
         await self._call(lambda: self._redis.set(PREFIX + key, value, px=_ms(ttl)))
@@ -89,6 +131,7 @@ class RedisStore(Store):
     async def create_records(self, records: Mapping[str, Mapping[str, str]], *, ttl: float) -> None:
         # One script rather than a MULTI pipeline of three commands a record:
         # redis-py's client spends as much CPU per command as the round trip costs.
+        check_one_slot(records)
         names = [PREFIX + key for key in records]
         args: list[Any] = [_ms(ttl)]
         for fields in records.values():
@@ -123,13 +166,10 @@ class RedisStore(Store):
         return [str(_text(item)) for item in items]
 
     async def append_stream(self, key: str, fields: Mapping[str, str], *, maxlen: int, ttl: float) -> str:
-        async def op() -> Any:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.xadd(PREFIX + key, cast(Any, dict(fields)), maxlen=maxlen, approximate=True)
-                pipe.pexpire(PREFIX + key, _ms(ttl))
-                return (await pipe.execute())[0]
-
-        return str(_text(await self._call(op)))
+        args: list[Any] = [maxlen, _ms(ttl)]
+        for name, value in fields.items():
+            args += [name, value]
+        return str(_text(await self._call(lambda: self._append_stream(keys=[PREFIX + key], args=args))))
 
     async def admit(self, *, sub: str, iat: float, sid: str, until: float, ttl: float) -> Admission:
         names = [PREFIX + keys.revoked(sub), PREFIX + keys.parked(sub), PREFIX + keys.sockets(sub)]
@@ -164,6 +204,7 @@ class RedisStore(Store):
         revoked_key: str,
         renewal: bool = False,
     ) -> tuple[Rotation, dict[str, str] | None]:
+        check_one_slot([old_key, new_key, family_key, revoked_key])
         names = [PREFIX + old_key, PREFIX + new_key, PREFIX + family_key, PREFIX + revoked_key]
         args: list[Any] = [_ms(ttl), "1" if renewal else "0"]
         for name, value in fields.items():

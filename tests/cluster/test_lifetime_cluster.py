@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from gateway.auth.tokens import TokenService
 from gateway.config import load_config
+from gateway.store import PREFIX, keys
 from tests.cluster.conftest import ADMIN_TOKEN, cli_token, start_nodes, writes_held
 from tests.support import GatewayProcess, Nodes, Probe, http_json, publish
 
@@ -59,7 +60,8 @@ async def parked(redis_url: str, sub: str) -> tuple[int, int]:
     """(length, PTTL in ms) of the user's parked-events list, read directly."""
     client = aioredis.Redis.from_url(redis_url)
     try:
-        return await client.llen(f"tg:parked:{sub}"), await client.pttl(f"tg:parked:{sub}")
+        key = PREFIX + keys.parked(sub)
+        return await client.llen(key), await client.pttl(key)
     finally:
         await client.aclose()
 

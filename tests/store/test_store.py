@@ -1,4 +1,5 @@
-"""The store contract, held by both engines (memory and a real redis-server)."""
+"""The store contract, held by both engines: memory, and redis on a real
+redis-server, a real Redis Cluster and a real Sentinel (tests/store/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,26 +8,47 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
+from gateway.redisconn import Client, RedisTarget
 from gateway.store import PREFIX, MemoryStore, Store, create_store, keys
 from gateway.store.base import Admission
-from gateway.store.redis import RedisStore
-from tests.support import RedisServer
+from gateway.store.redis import CLIENT_NAME, RedisStore
+from tests.support import RedisSentinel
 
 
 @pytest.fixture
-async def store(engine: str, request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if engine == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        server.flush()
-        made = create_store(server.url)
-        assert isinstance(made, RedisStore)
-    else:
-        made = create_store(None)
-        assert isinstance(made, MemoryStore)
+async def store(target: RedisTarget | None) -> AsyncIterator[Store]:
+    made = create_store(target)
+    assert isinstance(made, MemoryStore if target is None else RedisStore)
     yield made
     await made.close()
+
+
+@pytest.fixture
+async def observer(target: RedisTarget | None) -> AsyncIterator[Client]:
+    """A client of the redis engine's Redis of its own, to look at what the store wrote."""
+    if target is None:
+        pytest.skip("the memory engine has no Redis to look at")
+    client = target.client(decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def all_keys(client: Client) -> list[str]:
+    if isinstance(client, RedisCluster):
+        return sorted(await client.keys("*", target_nodes=RedisCluster.PRIMARIES))
+    return sorted(await client.keys("*"))
+
+
+async def store_connections(client: Client) -> int:
+    """How many connections named as the store's the Redis (every master of a cluster) holds."""
+    if isinstance(client, RedisCluster):
+        per_node = await client.client_list(target_nodes=RedisCluster.PRIMARIES)
+        listed = [entry for entries in per_node.values() for entry in entries]
+    else:
+        listed = await client.client_list()
+    return sum(1 for entry in listed if entry["name"] == CLIENT_NAME)
 
 
 async def test_put_take(store: Store) -> None:
@@ -55,19 +77,14 @@ async def test_ttl_must_be_positive(store: Store) -> None:
         await store.put("k", "v", ttl=0)
 
 
-async def test_redis_keys_are_prefixed_and_expire(redis_server: RedisServer) -> None:
-    import redis.asyncio as aioredis
-
-    redis_server.flush()
-    store = RedisStore(url=redis_server.url)
+async def test_redis_keys_are_prefixed_and_expire(store: Store, observer: Client) -> None:
     await store.put("k", "v", ttl=30)
-    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-    try:
-        assert await client.keys("*") == ["tg:k"]
-        assert 0 < await client.ttl("tg:k") <= 30
-    finally:
-        await client.aclose()
-        await store.close()
+    await store.admit(sub="alice", iat=time.time(), sid="s1", until=time.time() + 60, ttl=60)
+    await store.append_stream(keys.UPSTREAM, {"n": "1"}, maxlen=10, ttl=30)
+    names = await all_keys(observer)
+    assert names == sorted(["tg:k", PREFIX + keys.sockets("alice"), PREFIX + keys.UPSTREAM])
+    for name in names:
+        assert 0 < await observer.ttl(name) <= 60
 
 
 async def test_memory_store_drops_expired_keys() -> None:
@@ -125,10 +142,19 @@ async def test_append_keeps_order_without_duplicates(store: Store) -> None:
 
 
 async def test_create_records_at_once(store: Store) -> None:
-    await store.create_records({"a": {"x": "1"}, "b": {"y": "2"}}, ttl=5)
-    assert await store.get_record("a") == {"x": "1"} and await store.get_record("b") == {"y": "2"}
-    await store.create_records({"a": {"z": "3"}}, ttl=5)  # replaces, not merges
-    assert await store.get_record("a") == {"z": "3"}
+    await store.create_records({"a:{t}": {"x": "1"}, "b:{t}": {"y": "2"}}, ttl=5)
+    assert await store.get_record("a:{t}") == {"x": "1"} and await store.get_record("b:{t}") == {"y": "2"}
+    await store.create_records({"a:{t}": {"z": "3"}}, ttl=5)  # replaces, not merges
+    assert await store.get_record("a:{t}") == {"z": "3"}
+
+
+async def test_records_of_several_slots_are_refused_at_once(store: Store) -> None:
+    """Every engine refuses what a Redis Cluster could not run in one script."""
+    with pytest.raises(ValueError, match="slot"):
+        await store.create_records({"a": {"x": "1"}, "b": {"y": "2"}}, ttl=5)
+    with pytest.raises(ValueError, match="slot"):
+        await store.create_records({"a:{t}": {"x": "1"}, "b:{other}": {"y": "2"}}, ttl=5)
+    assert await store.get_record("a") is None and await store.get_record("a:{t}") is None
 
 
 async def test_append_stream_keeps_order_and_ids(store: Store) -> None:
@@ -150,7 +176,7 @@ async def _stream(store: Store, key: str) -> list[tuple[str, dict[str, str]]]:
     if isinstance(store, MemoryStore):
         return store.read_stream(key, count=1000)
     assert isinstance(store, RedisStore)
-    client = aioredis.Redis.from_url(store.url, decode_responses=True)
+    client = store.target.client(decode_responses=True)
     try:
         return [(entry_id, dict(fields)) for entry_id, fields in await client.xrange(PREFIX + key)]
     finally:
@@ -215,18 +241,22 @@ async def test_park_keeps_the_newest_up_to_the_cap(store: Store) -> None:
     assert admission.parked == ["3", "4", "5", "6"]
 
 
+ALICE = keys.user_tag("alice")
+
+
 async def _family(store: Store, *, family: str = "f1", token: str = "t1", iat: float | None = None) -> None:
     record = {"sub": "alice", "family": family, "iat": repr(iat or time.time()), "state": "active"}
     await store.create_records(
-        {keys.family(family): {"sub": "alice", "status": "active"}, keys.refresh(token): record}, ttl=60
+        {keys.family("alice", family): {"sub": "alice", "status": "active"}, keys.refresh(ALICE, token): record},
+        ttl=60,
     )
 
 
 async def _rotate(store: Store, old: str, new: str, *, renewal: bool = False) -> str:
     outcome, _ = await store.rotate(
-        keys.refresh(old),
-        keys.refresh(new),
-        family_key=keys.family("f1"),
+        keys.refresh(ALICE, old),
+        keys.refresh(ALICE, new),
+        family_key=keys.family("alice", "f1"),
         fields={"sub": "alice", "family": "f1", "iat": repr(time.time()), "state": "active"},
         ttl=60,
         revoked_key=keys.revoked("alice"),
@@ -238,9 +268,9 @@ async def _rotate(store: Store, old: str, new: str, *, renewal: bool = False) ->
 async def test_rotate_then_reuse_revokes_the_family(store: Store) -> None:
     await _family(store)
     assert await _rotate(store, "t1", "t2") == "rotated"
-    assert (await store.get_record(keys.refresh("t1")) or {})["state"] == "rotated"
+    assert (await store.get_record(keys.refresh(ALICE, "t1")) or {})["state"] == "rotated"
     assert await _rotate(store, "t1", "t3") == "reuse"
-    assert (await store.get_record(keys.family("f1")) or {})["status"] == "revoked"
+    assert (await store.get_record(keys.family("alice", "f1")) or {})["status"] == "revoked"
     assert await _rotate(store, "t2", "t4") == "revoked"  # the successor died with its family
     assert await _rotate(store, "nope", "t5") == "missing"
 
@@ -249,7 +279,7 @@ async def test_rotate_renewal_of_a_rotated_token_is_stale(store: Store) -> None:
     await _family(store)
     assert await _rotate(store, "t1", "t2") == "rotated"
     assert await _rotate(store, "t1", "t3", renewal=True) == "stale"
-    assert (await store.get_record(keys.family("f1")) or {})["status"] == "active"
+    assert (await store.get_record(keys.family("alice", "f1")) or {})["status"] == "active"
     assert await _rotate(store, "t2", "t4") == "rotated"
 
 
@@ -265,20 +295,42 @@ async def test_rotate_refuses_a_token_older_than_the_cut_off(store: Store) -> No
     assert await _rotate(store, "t1", "t2") == "revoked"
 
 
-async def test_close_releases_everything(store: Store) -> None:
+async def test_rotate_refuses_keys_of_another_users_slot(store: Store) -> None:
+    await _family(store)
+    with pytest.raises(ValueError, match="slot"):
+        await store.rotate(
+            keys.refresh(ALICE, "t1"),
+            keys.refresh(keys.user_tag("bob"), "t2"),
+            family_key=keys.family("alice", "f1"),
+            fields={"sub": "alice", "family": "f1", "iat": repr(time.time()), "state": "active"},
+            ttl=60,
+            revoked_key=keys.revoked("alice"),
+        )
+    assert (await store.get_record(keys.refresh(ALICE, "t1")) or {})["state"] == "active"  # untouched
+
+
+async def test_close_releases_everything(
+    store: Store, target: RedisTarget | None, request: pytest.FixtureRequest
+) -> None:
     await store.put("k", "v", ttl=5)
     if isinstance(store, MemoryStore):
         await store.close()
         assert len(store) == 0
         return
-    assert isinstance(store, RedisStore)
-    observer = aioredis.Redis.from_url(store.url, decode_responses=True)
+    assert target is not None
+    observers = [target.client(decode_responses=True)]
+    if target.sentinel:  # and the Sentinel it asked where the master is
+        sentinel: RedisSentinel = request.getfixturevalue("redis_sentinel")
+        observers.append(RedisTarget(f"redis://127.0.0.1:{sentinel.port}").client(decode_responses=True))
     try:
-        before = len(await observer.client_list())
+        for observer in observers:
+            assert await store_connections(observer) >= 1  # named, as CLIENT LIST shows it
         await store.close()
-        assert len(await observer.client_list()) < before  # the store's connection is gone
+        for observer in observers:
+            assert await store_connections(observer) == 0
     finally:
-        await observer.aclose()
+        for observer in observers:
+            await observer.aclose()
 
 
 def test_every_store_operation_is_tested_here() -> None:
