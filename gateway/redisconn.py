@@ -20,6 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from socketio.redis_manager import parse_redis_sentinel_url
 
 CONNECT_TIMEOUT = 1.0
@@ -29,6 +30,8 @@ COMMAND_TIMEOUT = 2.0
 # burst of connects would meet as 503s; a single Redis's pool has no such
 # cap, and neither has a node's here (connections open on demand, are reused).
 CLUSTER_MAX_CONNECTIONS = 2**31
+POOL_SIZE = 256  # connections of one client to one Redis; more commands at once wait for one
+POOL_WAIT = 5.0  # seconds a command waits for a free connection
 # After a connection error a cluster client reloads the slot map and tries
 # again: once, which follows a failover that has already happened. redis-py's
 # default is 10 times, each behind a connect timeout where a node is silent.
@@ -79,6 +82,9 @@ class RedisTarget:
             "socket_connect_timeout": CONNECT_TIMEOUT,
             "socket_timeout": COMMAND_TIMEOUT,
             "client_name": name,
+            # Once more on a new connection after a connection error: after a Redis
+            # restart every pooled connection is dead, and fails its next command.
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             **options,
         }
         if self.sentinel:
@@ -88,7 +94,13 @@ class RedisTarget:
                 "socket_timeout": COMMAND_TIMEOUT,
                 "client_name": name,
             }
+            settings.setdefault("max_connections", CLUSTER_MAX_CONNECTIONS)  # no cap that raises (see below)
             sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_settings)  # type: ignore[no-untyped-call]
             master = sentinel.master_for(service, redis_class=SentinelMaster, **{**connection, **settings})
             return cast(SentinelMaster, master)
-        return aioredis.Redis.from_url(self.url, health_check_interval=15, retry_on_timeout=False, **settings)
+        # redis-py 8's pool raises MaxConnectionsError past 100 connections in use
+        # (a burst of connects or disconnects): wait for a free one instead.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=POOL_SIZE, timeout=POOL_WAIT, health_check_interval=15, **settings
+        )
+        return aioredis.Redis.from_pool(pool)
