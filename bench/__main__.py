@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 import socketio
 
 from gateway.auth.tokens import TokenService
@@ -81,6 +82,7 @@ class Results:
     memory: dict[str, float] = field(default_factory=dict)
     latency: dict[str, tuple[float, float]] = field(default_factory=dict)
     routing: dict[str, tuple[float, list[float]]] = field(default_factory=dict)
+    recovery: dict[str, float] = field(default_factory=dict)
 
     def add(self, table: dict[str, list[float]], name: str, value: float) -> None:
         table.setdefault(name, []).append(value)
@@ -305,6 +307,66 @@ async def routing(bench: Bench, results: Results, *, users: int, publishes: int)
             node.stop()
 
 
+async def recovery(bench: Bench, results: Results, *, missed: int) -> None:
+    """Connection state recovery (docs/recovery.md) on the redis engine: Redis
+    memory per stored event (10 000 events of the size the fan-out rounds
+    publish), and the time from a reconnect to the last of ``missed`` events it
+    missed (the official client, recovered)."""
+    from gateway.emitter import Emitter
+    from gateway.store.keys import PREFIX, history
+
+    server = bench.gateway("ticketgate (redis)", redis_url=bench.redis.url)
+    client = await asyncio.create_subprocess_exec(
+        which("node"),
+        str(BENCH / "recover.mjs"),
+        server.url,
+        bench.tokens.mint(SUB, ttl=3600)[0],
+        str(missed),
+        cwd=BENCH,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert client.stdin is not None and client.stdout is not None
+
+    async def expect(event: str) -> dict[str, Any]:
+        assert client.stdout is not None
+        got = json.loads(await asyncio.wait_for(client.stdout.readline(), 60))
+        if got["event"] != event:
+            raise RuntimeError(f"recover.mjs: {got}, not {event}")
+        return got
+
+    emitter = Emitter(bench.redis.url)
+    redis = aioredis.Redis.from_url(bench.redis.url)
+    try:
+        await expect("ready")
+        client.stdin.write(b"cut\n")
+        await expect("cut")
+        await asyncio.sleep(0.5)  # the gateway has seen the loss
+        for n in range(missed):
+            await emitter.publish(f"user:{SUB}", "tick", {"n": n, "sentAt": 0.0})
+        client.stdin.write(b"reconnect\n")
+        replayed = await expect("replayed")
+        assert replayed["recovered"] is True, replayed
+        results.recovery[f"reconnect -> last of {missed} missed events (ms)"] = replayed["ms"]
+
+        room = "room:bench-memory"
+        key = PREFIX + history(room)
+        used = int((await redis.info("memory"))["used_memory"])
+        for n in range(10_000):
+            await emitter.publish(room, "tick", {"n": n, "sentAt": 1e12})
+        per_event = int(await redis.memory_usage(key, samples=0)) / 10_000
+        results.recovery["Redis bytes per stored event (MEMORY USAGE)"] = per_event
+        grown = int((await redis.info("memory"))["used_memory"]) - used
+        results.recovery["Redis bytes per stored event (used_memory)"] = grown / 10_000
+        window = 150  # the default recovery_window (120 s) and the 30 s margin
+        results.recovery["Redis MB for a full window at 1k events/s"] = per_event * 1000 * window / 1e6
+    finally:
+        await emitter.close()
+        await redis.aclose()
+        await client.wait()
+        server.stop()
+
+
 def report(results: Results) -> None:
     node = "Node socket.io"
 
@@ -330,6 +392,10 @@ def report(results: Results) -> None:
         print("\n## cross-node publish -> deliver latency (ms)")
     for name, (p50, p99) in results.latency.items():
         print(f"  {name:40} p50 {p50:6.2f}   p99 {p99:6.2f}")
+    if results.recovery:
+        print("\n## connection state recovery (redis engine)")
+    for name, value in results.recovery.items():
+        print(f"  {name:55} {value:10.1f}")
     if results.routing:
         print("\n## CPU seconds per node: 4 nodes, events to users connected on the first (routing)")
     for name, (busy, others) in results.routing.items():
@@ -337,7 +403,7 @@ def report(results: Results) -> None:
         print(f"  {name:45} busy node {busy:6.2f}   the other three {idle}")
 
 
-SCENARIOS = ("fanout", "memory", "latency", "routing")
+SCENARIOS = ("fanout", "memory", "latency", "routing", "recovery")
 
 
 async def run(quick: bool, only: set[str] | None = None) -> None:
@@ -353,18 +419,22 @@ async def run(quick: bool, only: set[str] | None = None) -> None:
             bench.bare(),
             bench.gateway("ticketgate (memory)"),
             bench.gateway("ticketgate (redis)", redis_url=bench.redis.url),
+            bench.gateway("ticketgate (memory), recovery off", recovery_window=0),
+            bench.gateway("ticketgate (redis), recovery off", redis_url=bench.redis.url, recovery_window=0),
         ]
         wanted = only or set(SCENARIOS)
         for round_index in range(rounds if "fanout" in wanted else 0):
             turn = round_index % len(servers)  # rotated: no server always follows the same one
             await fanout_round(bench, results, servers[turn:] + servers[:turn], sockets=sockets, publishes=50)
-            await ticket_round(bench, results, servers[2:], sockets=sockets)
+            await ticket_round(bench, results, servers[2:4], sockets=sockets)
         for server in servers if "memory" in wanted else []:
             await memory(bench, results, server, sockets=500 if quick else 2000)
         if "latency" in wanted:
             await cross_node(bench, results, sockets=1000 if quick else 5000, publishes=1000, rate=500)
         if "routing" in wanted:
             await routing(bench, results, users=100, publishes=1000 if quick else 10_000)
+        if "recovery" in wanted:
+            await recovery(bench, results, missed=1000)
     finally:
         bench.stop()
     report(results)
