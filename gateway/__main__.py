@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--redis-cluster", action="store_const", const=True, default=None, help="--redis-url is a Redis Cluster node"
     )
+    serve.add_argument(
+        "--recovery-window", dest="recovery_window", type=float, metavar="SECONDS", help="0 turns recovery off"
+    )
     serve.add_argument("--demo", action="store_const", const=True, default=None, help="serve the web demo")
     serve.add_argument(
         "--loop", choices=["auto", "uvloop", "asyncio"], help="event loop (default: uvloop if installed)"
@@ -69,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "port": args.port,
             "redis_url": args.redis_url,
             "redis_cluster": args.redis_cluster,
+            "recovery_window": args.recovery_window,
             "demo": args.demo,
             "loop": args.loop,
             # A worker is one process, whatever the file or environment says.

@@ -24,6 +24,7 @@ from gateway.messages import MessageService
 from gateway.metrics import Metrics
 from gateway.rate_limits import RateLimits
 from gateway.realtime import Realtime, create_server
+from gateway.realtime.recovery import Recovery
 from gateway.scheduler import Scheduler
 from gateway.store import create_store
 from handlers import http, raw_ws, transport
@@ -81,6 +82,13 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
     tokens = TokenService(config=config, http=lambda: app[keys.http_client], jwks_min_refresh=jwks_min_refresh)
     sio = create_server(config, cors=origins.engineio_check)
     realtime = Realtime(sio=sio, scheduler=Scheduler(), max_held=config.max_held_events, metrics=metrics)
+    realtime.recovery = Recovery(
+        store=store,
+        history=realtime.history,
+        window=config.recovery_window,
+        live_ttl=config.user_ttl,
+        node=config.node_name,
+    )
     rate_limits = RateLimits(config=config, realtime=realtime, metrics=metrics)
     tickets = TicketService(store=store, ttl=config.ticket_ttl, leeway=config.leeway)
     sessions = SessionService(config=config, store=store, tokens=tokens, fanout=realtime)

@@ -97,6 +97,9 @@ class Config:
     max_message_bytes: int = 16 * 1024  # JSON size of a `message` event's data
     upstream_maxlen: int = 100_000  # tg:upstream is trimmed to about this many entries
     max_held_events: int = 1000  # per socket awaiting re-auth, and per user once parked
+    # Connection state recovery (docs/recovery.md): how long after losing its
+    # connection a socket may come back and get what it missed; 0 turns it off.
+    recovery_window: float = 120
     # What a socket may have been sent and not read: past it, it is a slow consumer, closed (4012).
     max_buffered_bytes: int = 1024 * 1024
     log_level: str = "info"  # debug adds a line per connect, disconnect and Socket.IO request
@@ -198,6 +201,7 @@ class ConfigSchema(Schema):
     max_message_bytes = fields.Integer(validate=validate.Range(min=1, max=60 * 1024))
     upstream_maxlen = fields.Integer(validate=validate.Range(min=1))
     max_held_events = fields.Integer(validate=validate.Range(min=1, max=100_000))
+    recovery_window = fields.Float(validate=validate.Range(min=0, max=3600))
     max_buffered_bytes = fields.Integer(validate=validate.Range(min=64 * 1024))
     loop = fields.String(validate=validate.OneOf(["auto", "uvloop", "asyncio"]))
     workers = fields.Integer(validate=validate.Range(min=1))

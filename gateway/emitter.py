@@ -12,13 +12,20 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.realtime import ROOM_PATTERN, is_reserved_event
+from gateway.realtime.history import HISTORY_MARGIN
 from gateway.realtime.managers import RoutedManager
 from gateway.redisconn import RedisTarget
 
 
 class Emitter:
-    def __init__(self, redis_url: str, *, channel: str = "socketio", cluster: bool = False) -> None:
-        self._manager = RoutedManager(RedisTarget(redis_url, cluster=cluster), channel=channel, write_only=True)
+    def __init__(
+        self, redis_url: str, *, channel: str = "socketio", cluster: bool = False, recovery_window: float = 120
+    ) -> None:
+        """``recovery_window``: the gateways' (docs/recovery.md); events are then
+        kept in their rooms' history, as the gateways' own, for reconnects to recover."""
+        keep = recovery_window + HISTORY_MARGIN if recovery_window > 0 else 0.0
+        target = RedisTarget(redis_url, cluster=cluster)
+        self._manager = RoutedManager(target, channel=channel, write_only=True, keep=keep)
 
     async def publish(self, room: str, event: str, data: Any = None) -> None:
         """Deliver ``event`` to ``room`` on every gateway of the cluster.

@@ -21,6 +21,9 @@ from gateway.errors import GatewayError
 from gateway.formats import iso_z
 from gateway.metrics import Metrics
 from gateway.realtime import Conn, Realtime, user_room
+from gateway.realtime.history import id_key
+from gateway.realtime.recovery import Restored
+from gateway.realtime.registry import Held
 from gateway.store import Store
 
 logger = logging.getLogger(__name__)
@@ -42,14 +45,39 @@ class Lifetime:
         self._realtime = realtime
         self._metrics = metrics
 
-    async def bind(self, conn: Conn, principal: Principal, *, parked: list[str]) -> None:
+    async def bind(
+        self, conn: Conn, principal: Principal, *, parked: list[str], restored: Restored | None = None
+    ) -> None:
         """Make an admitted socket its user's room member. It holds its events
         (parked ones first) until ``begin``, so nothing newer overtakes them and
         nothing reaches it before its ``authenticated``."""
         conn.sub, conn.claims, conn.expires_at = principal.sub, principal.claims, principal.exp
         self._realtime.start_holding(conn)
-        conn.held[:0] = [(event, data) for event, data in map(json.loads, parked)]
+        conn.held[:0] = [Held(event, data) for event, data in map(json.loads, parked)]
+        await self.rejoin(conn, restored)
         await self._realtime.join(conn.sid, user_room(principal.sub))
+
+    async def rejoin(self, conn: Conn, restored: Restored | None) -> None:
+        """A recovered socket (docs/recovery.md) takes over the old one's rooms and
+        positions, and holds what they published since, oldest first, ahead of
+        anything that arrives while it joins them."""
+        recovery = self._realtime.recovery
+        if restored is None or recovery is None:
+            return
+        conn.rooms, conn.positions = list(restored.rooms), dict(restored.positions)
+        at = len(conn.held)  # after parked events; live ones of the rooms come after this
+        for slot in restored.rooms:
+            if slot is not None:
+                await self._realtime.join(conn.sid, slot[0])
+        # What the rooms published between the history read and the subscriptions:
+        # read again from where the first read ended, now that live events are held.
+        replay = await recovery.gap(restored)
+        replay.sort(key=lambda entry: id_key(entry.id))
+        conn.held[at:at] = [
+            Held(entry.event, entry.args[0] if len(entry.args) == 1 else tuple(entry.args), entry.room, entry.id)
+            for entry in replay
+        ]  # each is delivered once: a live copy of an event already sent is skipped by its id
+        await recovery.save(conn)  # now this node's, in this socket's name
 
     async def begin(self, conn: Conn) -> None:
         """After ``authenticated``: arm the expiry timers, deliver what was held."""
@@ -65,8 +93,8 @@ class Lifetime:
         if conn.sub is not None:
             try:
                 await self._store.forget_socket(conn.sub, conn.sid)
-            except GatewayError:
-                logger.warning("could not remove sid=%s from the registry (store down); it ages out", conn.sid)
+            except GatewayError as exc:
+                logger.warning("could not remove sid=%s from the registry (%s); it ages out", conn.sid, exc)
 
     # -- expiry ------------------------------------------------------------------
 
@@ -117,7 +145,7 @@ class Lifetime:
         held, conn.held = conn.held, []
         if not held or conn.sub is None:
             return
-        items = [json.dumps([event, data]) for event, data in held]
+        items = [json.dumps([item.event, item.data]) for item in held]
         try:
             cap, ttl = self._config.max_held_events, self._config.refresh_ttl
             dropped = await self._store.park(conn.sub, items, cap=cap, ttl=ttl)

@@ -121,7 +121,7 @@ class SocketHandlers:
         self._realtime.scheduler.soon(self._admission.connected, sid, welcome)
 
     async def disconnect(self, sid: str, reason: Any = None) -> None:
-        if await self._admission.leave(sid):
+        if await self._admission.leave(sid, by_client=reason == socketio.AsyncServer.reason.CLIENT_DISCONNECT):
             logger.debug("disconnect sid=%s", sid)
 
     # -- client events ------------------------------------------------------------

@@ -200,6 +200,9 @@ class ConnectAuth(Schema):
     sessionId = Text(validate=_ID)
     wsToken = Text(validate=validate.Length(min=1, max=200))
     refreshToken = Text(validate=validate.Length(min=1, max=200))
+    # socket.io-client's connection state recovery (docs/recovery.md): sent back on a reconnect.
+    pid = Text(validate=validate.Length(min=1, max=64))
+    offset = Text(validate=validate.Length(max=4096))
 
 
 class AuthenticateEvent(Schema):

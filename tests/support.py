@@ -502,13 +502,18 @@ class Probe:
     def __init__(self, *, http_session: aiohttp.ClientSession | None = None) -> None:
         self.client = socketio.AsyncClient(reconnection=False, http_session=http_session)
         self.events: list[tuple[str, Any]] = []
+        self.offsets: list[str] = []  # the offsets the room events carried, in order
         self.connect_error: Any = None
         self.events_before_connect: int | None = None  # how many events arrived before `connect`
         self.disconnected = asyncio.Event()
         self._changed = asyncio.Condition()
 
         @self.client.on("*")
-        async def _any(event: str, data: Any = None) -> None:
+        async def _any(event: str, data: Any = None, *more: Any) -> None:
+            # With recovery on (docs/recovery.md) a room's event ends with its offset:
+            # python-socketio's client hands it over as one more argument.
+            if more:
+                self.offsets.append(more[-1])
             await self._record(event, data)
 
         @self.client.event
@@ -917,6 +922,14 @@ class JsClient(NodeScript):
         (``command("authenticate")``); ``finish`` tells it to close."""
         env = {"REAUTH_TIMEOUT_MS": str(cls.REAUTH_TIMEOUT_MS)}
         return await cls.launch("reauth.mjs", url, token, fresh_token, env=env, stdin=True)
+
+    @classmethod
+    async def recover(cls, url: str, **options: Any) -> Self:
+        """``node recover.mjs``: connect with ``options`` (auth or ticket, transports,
+        delayMs, timeoutMs) and reconnect by itself; ``command("cut")`` drops its
+        transport, ``command("join room:x")`` joins a room; ``finish`` closes it."""
+        options = {name: value for name, value in options.items() if value is not None}
+        return await cls.launch("recover.mjs", url, json.dumps(options), stdin=True)
 
     def seen(self, event: str) -> list[dict[str, Any]]:
         """The lines of a pseudo-event (connect, ack, ...), in order."""

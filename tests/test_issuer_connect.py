@@ -63,7 +63,7 @@ async def test_issuer_token_at_connect(gateway: Gateway, jwks_server: JwksServer
     probe = await connect(gateway, probes, token)
     assert probe.client.connected, probe.connect_error
     authenticated = await probe.wait_for("authenticated")
-    assert authenticated == {"sub": "ivy", "expiresAt": expires_at(token), "via": "token"}
+    assert authenticated == {"sub": "ivy", "expiresAt": expires_at(token), "via": "token", "recovered": False}
     # The issuer's own claims govern the socket, e.g. its rooms.
     assert (await probe.call("join", {"room": "room:idp-blue"}))["ok"] is True
     assert (await probe.call("join", {"room": "room:other"}))["ok"] is False

@@ -152,7 +152,8 @@ async def test_ticket_connect_polling_then_websocket_gets_authenticated_and_publ
     assert authenticated["args"][0]["sub"] == "alice"
     assert authenticated["args"][0]["via"] == "ticket"
     assert authenticated["args"][0]["expiresAt"] in {iso(exp + d) for d in (-1, 0, 1)}  # PROTOCOL §6.14
-    assert set(authenticated["args"][0]) == {"sub", "expiresAt", "via"}
+    assert set(authenticated["args"][0]) == {"sub", "expiresAt", "via", "recovered"}
+    assert authenticated["args"][0]["recovered"] is False
     assert (await client.wait_for("upgrade"))["transport"] == "websocket"
 
     # Published after the upgrade: it travels over the WebSocket. Bob's goes
@@ -169,8 +170,10 @@ async def test_ticket_connect_polling_then_websocket_gets_authenticated_and_publ
     # sent it before or after its CONNECT packet: socket.io-client buffers events
     # until it is connected).
     assert client.emitted()[0][0] == "authenticated"
-    assert lines[-1] == {"event": "emit", "name": "note", "args": [{"n": 1}]}
-    assert [args for name, args in client.emitted() if name == "note"] == [[{"n": 1}]]
+    assert lines[-1]["name"] == "note" and lines[-1]["args"][0] == {"n": 1}  # then its offset
+    # The published data, then its offset (connection state recovery, docs/recovery.md).
+    [(data, offset)] = [args for name, args in client.emitted() if name == "note"]
+    assert data == {"n": 1} and isinstance(offset, str)
     assert "connect_error" not in events and "disconnect" not in events
 
 
@@ -185,7 +188,7 @@ async def test_token_connect_websocket_only(gateway: Gateway, node_scripts: Node
     lines = await client.finish()
     assert lines[0] == {"event": "open", "transport": "websocket"}
     assert "upgrade" not in [line["event"] for line in lines]
-    assert lines[-1]["args"] == [["hello"]]
+    assert lines[-1]["args"][:-1] == [["hello"]] and isinstance(lines[-1]["args"][-1], str)  # then its offset
 
 
 # -- Origin ----------------------------------------------------------------------------------------
@@ -255,5 +258,5 @@ async def test_js_client_from_an_allowed_origin_connects_and_upgrades(
     assert (await client.wait_for("upgrade"))["transport"] == "websocket"
     await gateway.publish("user:alice", "note", {"n": 2})
     lines = await client.finish()
-    assert lines[-1] == {"event": "emit", "name": "note", "args": [{"n": 2}]}
+    assert lines[-1]["name"] == "note" and lines[-1]["args"][0] == {"n": 2}  # then its offset
     assert "connect_error" not in [line["event"] for line in lines]

@@ -46,6 +46,9 @@ def test_the_overridden_server_handlers_keep_their_shape() -> None:
 
     assert parameters(AsyncServer._handle_eio_connect) == ["self", "eio_sid", "environ"]
     assert parameters(AsyncServer._handle_eio_disconnect) == ["self", "eio_sid", "reason"]
+    # The CONNECT packet of an accepted socket goes through _send_packet as {"sid": ...}.
+    assert parameters(AsyncServer._send_packet) == ["self", "eio_sid", "pkt"]
+    assert "packet.CONNECT, {'sid': sid}" in inspect.getsource(AsyncServer._handle_connect)
     # python-socketio registers them as engine.io's connect/disconnect handlers,
     # and engine.io refuses a handshake whose connect handler returns False.
     from socketio.base_server import BaseServer

@@ -41,6 +41,8 @@ from gateway.formats import iso_z
 from gateway.lifetime import Lifetime
 from gateway.metrics import Metrics
 from gateway.realtime import Conn, Realtime
+from gateway.realtime.recovery import Restored
+from gateway.realtime.registry import Held
 from gateway.store import Store
 
 logger = logging.getLogger(__name__)
@@ -147,7 +149,7 @@ class Admission:
                     raise
                 return self._admit_pending(sid)
             if kind == "session":
-                welcome = await self._admit_session(sid, fields["sessionId"], fields["wsToken"])
+                welcome = await self._admit_session(sid, fields)
             else:
                 _, welcome = await self._admit_user(Conn(sid=sid, via=kind, expires_at=0.0), kind, fields)
             conn = self._realtime.get(sid)
@@ -212,18 +214,22 @@ class Admission:
         token and make it the user's. Returns who it is, and the welcome."""
         verified = await self._verify(conn.sid, kind, fields)
         principal = verified.principal
+        # A socket that connected without credentials was told no pid: it cannot recover.
+        restored = None if conn.pending else await self._recover(conn, fields, sub=principal.sub)
         if conn.pending:
             self._authenticated(self._realtime.eio_sid(conn.sid))
         conn.via = kind
         self._realtime.register(conn)
         self._metrics.connected_sockets.inc()
-        logger.debug("connect sid=%s sub=%s via=%s", conn.sid, principal.sub, kind)
-        await self._lifetime.bind(conn, principal, parked=verified.parked)
+        logger.debug("connect sid=%s sub=%s via=%s recovered=%s", conn.sid, principal.sub, kind, restored is not None)
+        await self._lifetime.bind(conn, principal, parked=verified.parked, restored=restored)
 
         async def welcome() -> None:
             if not self._realtime.is_current(conn):
                 return  # left meanwhile
-            payload = {"sub": principal.sub, "expiresAt": iso_z(principal.exp), "via": kind}
+            payload: dict[str, Any] = {"sub": principal.sub, "expiresAt": iso_z(principal.exp), "via": kind}
+            if conn.pid is not None:
+                payload["recovered"] = restored is not None
             await self._realtime.emit_local(conn.sid, "authenticated", payload)
             await self._lifetime.begin(conn)  # timers; parked events, then anything held meanwhile
             if verified.issued is not None:
@@ -233,11 +239,36 @@ class Admission:
 
         return principal, welcome
 
-    async def _admit_session(self, sid: str, session_id: str, ws_token: str) -> Welcome:
-        opened = await self._sessions.open(session_id, ws_token)
+    async def _recover(
+        self, conn: Conn, fields: Mapping[str, str], *, sub: str | None = None, session_id: str | None = None
+    ) -> Restored | None:
+        """Give ``conn`` a pid (recovery on): the one its client sent back, if the
+        socket it names is recovered (``Recovery.restore``), else a new one."""
+        recovery = self._realtime.recovery
+        if recovery is None or not recovery.enabled:
+            return None
+        pid = fields.get("pid")
+        restored = None
+        if pid:
+            offset = fields.get("offset") or ""
+            restored = await recovery.restore(
+                pid, offset, sid=conn.sid, connected_here=self._connected_here, sub=sub, session_id=session_id
+            )
+        conn.pid = pid if restored is not None else recovery.new_pid()
+        return restored
+
+    def _connected_here(self, sid: str) -> bool:
+        return self._realtime.get(sid) is not None
+
+    async def _admit_session(self, sid: str, fields: Mapping[str, str]) -> Welcome:
+        session_id = fields["sessionId"]
+        opened = await self._sessions.open(session_id, fields["wsToken"])
         conn = Conn(sid=sid, via="session", expires_at=opened.expires_at, session_id=session_id, seq=opened.seq)
-        await self._realtime.join(sid, session_room(session_id))
+        restored = await self._recover(conn, fields, session_id=session_id)
         self._realtime.register(conn)
+        self._realtime.start_holding(conn)  # what it missed, then what comes meanwhile, after `authenticated`
+        await self._lifetime.rejoin(conn, restored)
+        await self._realtime.join(sid, session_room(session_id))
         self._metrics.connected_sockets.inc()
         if await self._sessions.superseded(session_id, opened.seq):
             raise ClosedWhileConnecting(closes.REPLACED)
@@ -248,10 +279,13 @@ class Admission:
         async def welcome() -> None:
             if not self._realtime.is_current(conn):
                 return
-            authenticated = {"sessionId": session_id, "expiresAt": expires, "via": "session"}
+            authenticated: dict[str, Any] = {"sessionId": session_id, "expiresAt": expires, "via": "session"}
+            if conn.pid is not None:
+                authenticated["recovered"] = restored is not None
             await self._realtime.emit_local(sid, "authenticated", authenticated)
             otp_ready = {"type": "otp_ready", "autoPassword": opened.auto_password, "expiresAt": expires}
             await self._realtime.emit_local(sid, "otp_ready", otp_ready)
+            await self._realtime.release(conn)
 
         return welcome
 
@@ -349,7 +383,7 @@ class Admission:
             if principal.sub != conn.sub:
                 self._refuse_other_sub(conn)
             verified = Verified(principal=principal, parked=await self._admit_in_store(conn.sid, principal))
-        conn.held[:0] = [(event, data) for event, data in map(json.loads, verified.parked)]
+        conn.held[:0] = [Held(event, data) for event, data in map(json.loads, verified.parked)]
         dropped = await self._lifetime.reauthenticate(conn, verified.principal)
         return verified.principal, dropped
 
@@ -391,11 +425,16 @@ class Admission:
 
     # -- leaving -----------------------------------------------------------------
 
-    async def leave(self, sid: str) -> bool:
-        """Release what this node holds for ``sid`` (left, or refused after it was registered)."""
+    async def leave(self, sid: str, *, by_client: bool = False) -> bool:
+        """Release what this node holds for ``sid`` (left, or refused after it was
+        registered). ``by_client``: its client disconnected on purpose."""
         conn = self._realtime.forget(sid)
         if conn is None:
             return False
+        recovery = self._realtime.recovery
+        if recovery is not None:
+            # Recoverable unless closed on purpose: by the gateway (`closing` sent) or by its client.
+            await recovery.ended(conn, lost=not (conn.closed or by_client or conn.connecting))
         if not conn.pending:
             self._metrics.connected_sockets.dec()
             await self._lifetime.stop(conn)

@@ -27,15 +27,20 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any, cast
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from gateway.errors import StoreUnavailable
+from gateway.realtime.history import ORIGIN, REPLAY_MAX, Entry
 from gateway.redisconn import CONNECT_TIMEOUT, RedisTarget
+from gateway.store import keys
+from gateway.store.keys import PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +76,7 @@ class _Subscriber:
         self.subscribed: set[str] = set()
         self._sent: set[str] = set()
         self._leaving: set[str] = set()
+        self._known: set[str] = set()  # confirmed once and still wanted: a new confirmation is a resubscription
         self._pubsub: Any = None
         self._changed = asyncio.Event()  # the wanted set changed: for _sync
         self._armed = asyncio.Event()  # a subscription was sent: for _listen
@@ -124,6 +130,7 @@ class _Subscriber:
                     "fan-out subscriber %s lost Redis (%s); retrying in %.1fs", self.name, type(exc).__name__, delay
                 )
             self._failed = None
+            self._known &= self.wanted
             self.subscribed.clear()
             self._sent.clear()
             self._leaving.clear()
@@ -142,9 +149,14 @@ class _Subscriber:
         if kind in ("subscribe", "ssubscribe"):
             self._sent.discard(channel)
             self.subscribed.add(channel)
+            if channel in self._known:
+                await self._broker.resubscribed(channel)
+            self._known.add(channel)
         elif kind in ("unsubscribe", "sunsubscribe"):
             self.subscribed.discard(channel)
             self._leaving.discard(channel)
+            if channel not in self.wanted:
+                self._known.discard(channel)
         self._broker.notify()
 
     async def _sync(self) -> None:
@@ -191,11 +203,24 @@ def _text(value: bytes | str) -> str:
 class Broker:
     """Publications and counted subscriptions of one node (see the module's docstring)."""
 
-    def __init__(self, *, target: RedisTarget, base_channel: str, on_message: OnMessage) -> None:
+    def __init__(
+        self,
+        *,
+        target: RedisTarget,
+        base_channel: str,
+        on_message: OnMessage,
+        on_resubscribed: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self.target = target
         self.base_channel = base_channel
         self.on_message = on_message
+        # A room's channel subscribed again after its connection was lost: what
+        # was published meanwhile never came (called before its next message).
+        self.on_resubscribed = on_resubscribed
         self._client = target.client(name="ticketgate-fanout")
+        self._publish_script = self._client.register_script(
+            resources.files("gateway.realtime").joinpath("lua", "publish.lua").read_text()
+        )
         self._counts: Counter[str] = Counter()
         self._changed = asyncio.Condition()
         self._subscribers: dict[str, _Subscriber] = {}
@@ -262,6 +287,50 @@ class Broker:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"cannot publish to redis: {type(exc).__name__}") from None
 
+    async def publish_recorded(self, room: str, head: bytes, tail: bytes, entry: bytes, *, keep: float) -> str:
+        """Publish ``head + id + tail`` to ``room``'s channel and keep ``entry``
+        under that id in the room's history for ``keep`` seconds, atomically
+        (``lua/publish.lua``); the id. StoreUnavailable if Redis cannot be reached."""
+        names = [PREFIX + keys.history(room)]
+        if not self.sharded:
+            names.append(PREFIX + keys.HISTORY_CLOCK)
+        command = "SPUBLISH" if self.sharded else "PUBLISH"
+        args: list[Any] = [self.channel(room), command, head, tail, entry, int(keep * 1000)]
+        try:
+            event_id = await self._publish_script(keys=names, args=args)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"cannot publish to redis: {type(exc).__name__}") from None
+        return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+    # -- history (gateway/realtime/history.py) --------------------------------------
+
+    async def head(self, room: str) -> str:
+        found = await self._read(self._client.xrevrange(PREFIX + keys.history(room), count=1))
+        return _text(found[0][0]) if found else ORIGIN
+
+    async def since(self, room: str, after: str, *, exact: bool) -> list[Entry] | None:
+        if exact and after == ORIGIN:
+            return None
+        # From `after` itself, to see that it is there; one more than the cap, to see it is passed.
+        found = await self._read(self._client.xrange(PREFIX + keys.history(room), min=after, count=REPLAY_MAX + 2))
+        if found and _text(found[0][0]) == after:
+            found = found[1:]
+        elif exact:
+            return None
+        if len(found) > REPLAY_MAX:
+            return None
+        entries = []
+        for raw_id, fields in found:
+            event, *args = orjson.loads(fields[b"m"])
+            entries.append(Entry(id=_text(raw_id), room=room, event=event, args=args))
+        return entries
+
+    async def _read(self, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"cannot read the history: {type(exc).__name__}") from None
+
     # -- subscriptions ---------------------------------------------------------------
 
     def retain(self, room: str) -> None:
@@ -270,15 +339,24 @@ class Broker:
         if self._counts[room] == 1 and self._started:
             self._place(self.channel(room))
 
-    def release(self, room: str) -> None:
-        """One local member less: after the last one the channel is unsubscribed."""
+    def release(self, room: str) -> bool:
+        """One local member less: after the last one the channel is unsubscribed (True)."""
         if self._counts[room] > 1:
             self._counts[room] -= 1
-            return
+            return False
         self._counts.pop(room, None)
         home = self._home.pop(self.channel(room), None)
         if home is not None:
             home.want(self.channel(room), False)
+        return True
+
+    def retained(self, room: str) -> bool:
+        return room in self._counts
+
+    async def resubscribed(self, channel: str) -> None:
+        prefix = self.base_channel + ":{"
+        if self.on_resubscribed is not None and channel.startswith(prefix) and channel.endswith("}"):
+            await self.on_resubscribed(channel[len(prefix) : -1])
 
     def subscribed(self, room: str) -> bool:
         home = self._home.get(self.channel(room))

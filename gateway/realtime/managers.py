@@ -25,9 +25,12 @@ import socketio
 from engineio import packet as eio_packet
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
+from gateway.errors import StoreUnavailable
 from gateway.realtime.broker import Broker
 from gateway.realtime.engine import EngineSocket, frame
-from gateway.realtime.names import CONTROL_CLOSE, NAMESPACE, RAW_EVENTS, ROOM_PATTERN, UNHELD_EVENTS
+from gateway.realtime.history import MemoryHistory
+from gateway.realtime.names import CONTROL_CLOSE, CONTROL_PREFIX, NAMESPACE, RAW_EVENTS, ROOM_PATTERN, UNHELD_EVENTS
+from gateway.realtime.registry import SKIP
 from gateway.redisconn import RedisTarget
 
 if TYPE_CHECKING:
@@ -58,6 +61,7 @@ class LocalFanout(socketio.AsyncManager):  # type: ignore[misc]
     """
 
     realtime: Realtime | None = None
+    history: MemoryHistory | None = None  # the memory engine's, when recovery is on
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -122,29 +126,40 @@ class LocalFanout(socketio.AsyncManager):  # type: ignore[misc]
         skip_sid: Any = None,
         callback: Any = None,
         to: str | None = None,
+        event_id: str | None = None,
         **kwargs: Any,
     ) -> None:
+        """Deliver an emit to this node's sockets. ``event_id``: the event's id in
+        its room's history (recovery on); the memory engine gives it here."""
         namespace = namespace or NAMESPACE
         realtime = self.realtime
         if event == CONTROL_CLOSE and realtime is not None:
             await realtime.apply_close(data)
             return
         target = to or room
+        if event_id is None and self.history is not None and callback is None and recordable(target, event):
+            event_id = self.history.append(cast(str, target), event, arguments(data))
         skip = {skip_sid} if isinstance(skip_sid, str) else set(skip_sid or ())
         if realtime is not None and realtime.holding and target is not None and event not in UNHELD_EVENTS:
-            skip.update(realtime.hold(namespace, target, event, data))  # they get it later, in order
+            skip.update(realtime.hold(namespace, target, event, data, event_id))  # they get it later, in order
         if callback is not None or target is None:
             # Acks, and emits to a whole namespace: never the gateway's; python-socketio's way.
             await super().emit(event, data, namespace, room=target, skip_sid=list(skip), callback=callback)
-        elif not self.deliver(namespace, target, [event, *arguments(data)], skip):
+        elif not self.deliver(namespace, target, [event, *arguments(data)], skip, event_id=event_id):
             await super().emit(event, data, namespace, room=target, skip_sid=list(skip))
         if event in RAW_EVENTS and realtime is not None and target is not None:
             await realtime.deliver_raw(target, event, data)
 
-    def deliver(self, namespace: str, room: str, data: list[Any], skip: Collection[str] = ()) -> bool:
+    def deliver(
+        self, namespace: str, room: str, data: list[Any], skip: Collection[str] = (), *, event_id: str | None = None
+    ) -> bool:
         """Write an EVENT (``data``: its name and arguments) to every local member of
         ``room`` at once; False (nothing done) for one that python-socketio must
-        send itself (binary attachments)."""
+        send itself (binary attachments).
+
+        With an ``event_id`` (recovery on) each recipient's copy ends with its
+        own offset (``Conn.advance``): the packet is encoded once up to that
+        last argument, and a socket that has the event already is skipped."""
         members = self.rooms.get(namespace, {}).get(room)
         if not members:
             return True
@@ -154,12 +169,40 @@ class LocalFanout(socketio.AsyncManager):  # type: ignore[misc]
         pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
         wire = frame(pkt.encode())
         sockets = self.server.eio.sockets
+        conns = self.realtime.registry if self.realtime is not None and event_id is not None else None
         for sid, eio_sid in list(members.items()):
-            if sid not in skip:
-                socket = sockets.get(eio_sid)
-                if isinstance(socket, EngineSocket):
-                    socket.deliver(wire, pkt)
+            if sid in skip:
+                continue
+            socket = sockets.get(eio_sid)
+            if not isinstance(socket, EngineSocket):
+                continue
+            conn = conns.get(sid) if conns is not None else None
+            offset = conn.advance(room, cast(str, event_id)) if conn is not None else None
+            if offset is None:
+                socket.deliver(wire, pkt)
+            elif offset != SKIP:
+                own = eio_packet.Packet(eio_packet.MESSAGE, with_offset(encoded, offset))
+                socket.deliver(frame(own.encode()), own)
         return True
+
+
+def recordable(room: str | None, event: str) -> bool:
+    """Is this emit one that gets an id and a place in its room's history? An
+    event to a gateway room, not a control message."""
+    return routable(room) and not event.startswith(CONTROL_PREFIX)
+
+
+def routable(room: str | None) -> bool:
+    """Does ``room`` have a channel (and a history) of its own? The gateway's
+    rooms do (``user:``, ``session:``, ``room:``); a socket's own room (its
+    sid) and a whole namespace (None) go on the broadcast channel."""
+    return room is not None and ROOM_PATTERN.match(room) is not None
+
+
+def with_offset(encoded: str, offset: str) -> str:
+    """An encoded EVENT packet with ``offset`` as its last argument (socket.io-client
+    takes a trailing string argument as the offset to recover from)."""
+    return f"{encoded[:-1]},{orjson.dumps(offset).decode()}]"
 
 
 def encode_event(namespace: str, data: list[Any]) -> str | None:
@@ -186,14 +229,8 @@ def arguments(data: Any) -> list[Any]:
 # delivers other nodes' emits, never sees it set).
 _held_back: ContextVar[list[Any] | None] = ContextVar("ticketgate_held_back", default=None)
 
+CATCH_UP_ATTEMPTS = 5  # reads of what a room missed while its subscription was lost
 RECEIVED_BACKLOG = 10_000  # messages received from Redis and not yet delivered (then the reader waits)
-
-
-def routable(room: str | None) -> bool:
-    """Does ``room`` have a channel of its own? The gateway's rooms do (``user:``,
-    ``session:``, ``room:``); a socket's own room (its sid) and a whole
-    namespace (None) go on the broadcast channel."""
-    return room is not None and ROOM_PATTERN.match(room) is not None
 
 
 class RoutedManager(AsyncPubSubManager, LocalFanout):  # type: ignore[misc]
@@ -216,9 +253,17 @@ class RoutedManager(AsyncPubSubManager, LocalFanout):  # type: ignore[misc]
 
     name = "ticketgate-routed"
 
-    def __init__(self, target: RedisTarget, *, channel: str = "socketio", write_only: bool = False) -> None:
+    def __init__(
+        self, target: RedisTarget, *, channel: str = "socketio", write_only: bool = False, keep: float = 0.0
+    ) -> None:
         super().__init__(channel=channel, write_only=write_only)
-        self.broker = Broker(target=target, base_channel=channel, on_message=self._received)
+        self.broker = Broker(
+            target=target, base_channel=channel, on_message=self._received, on_resubscribed=self._catch_up
+        )
+        self.keep = keep  # seconds a room's events are kept in its history (recovery on); 0: no history
+        # room -> id of the newest event of it this node delivered: after a lost
+        # subscription the node reads what it missed from there (_catch_up).
+        self.cursors: dict[str, str] = {}
         self._inbox: asyncio.Queue[bytes] = asyncio.Queue(RECEIVED_BACKLOG)
         self.on_received: Callable[[], None] | None = None  # counts what Redis brought (metrics)
 
@@ -234,13 +279,14 @@ class RoutedManager(AsyncPubSubManager, LocalFanout):  # type: ignore[misc]
         left = routable(room) and sid in self.rooms.get(namespace, {}).get(room, {})
         super().basic_leave_room(sid, namespace, room)
         if left:
-            self.broker.release(cast(str, room))
+            self.release(cast(str, room))
 
     def retain(self, room: str) -> None:
         self.broker.retain(room)
 
     def release(self, room: str) -> None:
-        self.broker.release(room)
+        if self.broker.release(room):
+            self.cursors.pop(room, None)  # a later member starts from its own join
 
     async def ready(self, room: str) -> None:
         if routable(room):
@@ -257,13 +303,21 @@ class RoutedManager(AsyncPubSubManager, LocalFanout):  # type: ignore[misc]
         skip_sid: Any = None,
         callback: Any = None,
         to: str | None = None,
+        event_id: str | None = None,
         **kwargs: Any,
     ) -> None:
+        if event_id is not None:  # an event from the history: this node's delivery only
+            await LocalFanout.emit(self, event, data, namespace, room, skip_sid, to=to, event_id=event_id)
+            return
         if kwargs.get("ignore_queue"):
             await super().emit(
                 event, data, namespace=namespace, room=room, skip_sid=skip_sid, callback=callback, to=to, **kwargs
             )
             return
+        target = to or room
+        if self.keep and callback is None and recordable(target, event):
+            if await self._publish_recorded(event, data, namespace or NAMESPACE, cast(str, target), skip_sid):
+                return
         held_back: list[Any] = []
         token = _held_back.set(held_back)
         try:  # the parent delivers locally (kept back below), then publishes
@@ -275,12 +329,69 @@ class RoutedManager(AsyncPubSubManager, LocalFanout):  # type: ignore[misc]
         for message in held_back:
             await super()._handle_emit(message)
 
+    async def _publish_recorded(self, event: str, data: Any, namespace: str, room: str, skip_sid: Any) -> bool:
+        """Publish an event that gets an id and a place in its room's history (one
+        script: ``Broker.publish_recorded``). It is delivered on this node too as
+        it comes back from Redis, not before: every node then delivers a room's
+        events in the order of their ids, which offsets rely on. False (nothing
+        done) for binary data, which is published unrecorded."""
+        args = arguments(data)
+        try:
+            entry = orjson.dumps([event, *args], option=orjson.OPT_NON_STR_KEYS)
+        except TypeError:
+            return False
+        message = {
+            "method": "emit",
+            "event": event,
+            "data": args,
+            "binary": False,
+            "namespace": namespace,
+            "room": room,
+            "skip_sid": skip_sid,
+            "callback": None,
+            "host_id": "",  # not this node's: it handles its own recorded events as they come back
+        }
+        body = orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS)
+        await self.broker.publish_recorded(room, body[:-1] + b',"id":"', b'"}', entry, keep=self.keep)
+        return True
+
     async def _handle_emit(self, message: Any) -> None:
         held_back = _held_back.get()
         if held_back is not None:
             held_back.append(message)
             return
+        event_id, room = message.get("id"), message.get("room")
+        if isinstance(event_id, str) and isinstance(room, str):
+            await self._deliver_recorded(room, event_id, message["event"], message["data"], message.get("skip_sid"))
+            return
         await super()._handle_emit(message)
+
+    async def _deliver_recorded(self, room: str, event_id: str, event: str, args: list[Any], skip_sid: Any) -> None:
+        if self.broker.retained(room):
+            self.cursors[room] = event_id
+        data = args[0] if len(args) == 1 else tuple(args)  # python-socketio's convention
+        await LocalFanout.emit(self, event, data, room=room, skip_sid=skip_sid, event_id=event_id)
+
+    async def _catch_up(self, room: str) -> None:
+        """Room ``room``'s subscription came back after it was lost: deliver from
+        its history what was published meanwhile (sockets skip what they have)."""
+        cursor = self.cursors.get(room)
+        if cursor is None or not self.keep:
+            return
+        for attempt in range(CATCH_UP_ATTEMPTS):
+            try:
+                entries = await self.broker.since(room, cursor, exact=False)
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.5 * (attempt + 1))  # the subscriber is back: Redis is coming back
+        else:
+            logger.warning("fan-out: could not read what room %s missed; its sockets may lack events", room)
+            return
+        if entries is None:
+            logger.warning("fan-out: room %s missed more events than can be replayed", room)
+            return
+        for entry in entries:
+            await self._deliver_recorded(room, entry.id, entry.event, entry.args, None)
 
     async def _publish(self, data: Any) -> None:
         room = data.get("room") if data.get("method") == "emit" else None

@@ -14,9 +14,11 @@ from gateway import closes
 from gateway.closes import Close
 from gateway.metrics import Metrics
 from gateway.realtime.engine import EngineSocket, frame, packet_frame
+from gateway.realtime.history import History
 from gateway.realtime.managers import LocalFanout, RoutedManager, arguments, encode_event
 from gateway.realtime.names import CONTROL_CLOSE, FAMILY_ROOM_PREFIX, NAMESPACE
-from gateway.realtime.registry import Conn, Registry
+from gateway.realtime.recovery import Recovery
+from gateway.realtime.registry import SKIP, Conn, Held, Registry
 from gateway.realtime.server import Server
 from gateway.scheduler import Scheduler
 
@@ -53,15 +55,29 @@ class Realtime:
         self._metrics = metrics
         self.raw: dict[str, dict[str, RawSocket]] = {}
         self.draining = False
+        self.recovery: Recovery | None = None  # set by create_app
         manager = sio.manager
         if not isinstance(manager, LocalFanout):
             raise TypeError("the Socket.IO client manager must be a LocalFanout")
         self._manager = manager
         manager.realtime = self
+        sio.connect_data = self._connect_data
         if isinstance(manager, RoutedManager):
             manager.on_received = metrics.fanout_received.inc
             metrics.fanout_rooms.set_function(lambda: manager.broker.rooms)
         sio.eio.on_slow_consumer = self._slow_consumer
+
+    @property
+    def history(self) -> History | None:
+        """The rooms' history (recovery on): the memory engine's own, or Redis streams."""
+        manager = self._manager
+        if isinstance(manager, RoutedManager):
+            return manager.broker if manager.keep else None
+        return manager.history
+
+    def _connect_data(self, sid: str) -> dict[str, Any]:
+        conn = self.registry.get(sid)
+        return {"pid": conn.pid} if conn is not None and conn.pid is not None else {}
 
     async def start(self) -> None:
         # Start the Redis listener now rather than at the first connect, so a
@@ -70,8 +86,12 @@ class Realtime:
             self.sio.manager_initialized = True
             self._manager.initialize()
             await self._manager.start()
+        if self.recovery is not None:
+            await self.recovery.start()
 
     async def stop(self) -> None:
+        if self.recovery is not None:
+            await self.recovery.stop()
         await self._manager.close()  # nothing more from other nodes
         await self.scheduler.close()
         await self.sio.shutdown()
@@ -96,9 +116,15 @@ class Realtime:
         it (StoreUnavailable if the cluster did not confirm the room's channel)."""
         await self.sio.enter_room(sid, room)
         await self._manager.ready(room)
+        conn = self.registry.get(sid)
+        if conn is not None and self.recovery is not None:
+            await self.recovery.track(conn, room)
 
     async def leave(self, sid: str, room: str) -> None:
         await self.sio.leave_room(sid, room)
+        conn = self.registry.get(sid)
+        if conn is not None and self.recovery is not None:
+            await self.recovery.untrack(conn, room)
 
     def rooms_of(self, sid: str) -> list[str]:
         return self._manager.get_rooms(sid, NAMESPACE)
@@ -114,6 +140,18 @@ class Realtime:
         """Emit to a socket of this node at once: no round trip through Redis, never held."""
         if not self._manager.deliver(NAMESPACE, sid, [event, *arguments(data)]):
             await self.sio.emit(event, data, to=sid, ignore_queue=True)
+
+    async def deliver_held(self, conn: Conn, held: Held) -> None:
+        """Deliver an event kept for ``conn``: a room's with its offset (and not
+        at all if the socket has it already), any other as it is."""
+        if held.room is None or held.id is None:
+            await self.emit_local(conn.sid, held.event, held.data)
+            return
+        offset = conn.advance(held.room, held.id)
+        if offset is None:
+            await self.emit_local(conn.sid, held.event, held.data)
+        elif offset != SKIP:
+            await self.emit_local(conn.sid, held.event, (*arguments(held.data), offset))
 
     async def publish(self, room: str, event: str, data: Any) -> None:
         """Emit to ``room`` on every node; raise StoreUnavailable if the cluster can't be reached."""
@@ -271,7 +309,7 @@ class Realtime:
         """Does any socket of this node hold its events?"""
         return bool(self.registry.holders)
 
-    def hold(self, namespace: str, target: str, event: str, data: Any) -> list[str]:
+    def hold(self, namespace: str, target: str, event: str, data: Any, event_id: str | None = None) -> list[str]:
         """Keep ``event`` for every holding socket the emit targets; return their sids."""
         members = self._manager.rooms.get(namespace, {}).get(target, {})
         held = [sid for sid in self.registry.holders if sid in members]
@@ -279,7 +317,7 @@ class Realtime:
             conn = self.registry.get(sid)
             if conn is None:
                 continue
-            conn.held.append((event, data))
+            conn.held.append(Held(event, data, target if event_id is not None else None, event_id))
             overflow = len(conn.held) - self._max_held
             if overflow > 0:  # the oldest go, and the client is told how many
                 del conn.held[:overflow]
@@ -298,8 +336,7 @@ class Realtime:
         if conn.awaiting_reauth:
             return
         while conn.held and self.is_current(conn):
-            event, data = conn.held.pop(0)
-            await self.emit_local(conn.sid, event, data)  # straight to the socket: never held again
+            await self.deliver_held(conn, conn.held.pop(0))  # straight to the socket: never held again
         conn.holding = False
         self.registry.holders.discard(conn.sid)
 

@@ -10,9 +10,11 @@ from typing import Any
 import engineio
 import orjson
 import socketio
+from socketio import packet as socketio_packet
 
 from gateway.config import Config
 from gateway.realtime.engine import MAX_PAYLOAD_BYTES, EngineServer
+from gateway.realtime.history import HISTORY_MARGIN, MemoryHistory
 from gateway.realtime.managers import LocalFanout, RoutedManager
 
 EngineOpened = Callable[[str, Mapping[str, Any]], bool]
@@ -51,13 +53,17 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
     it: a session that never sends the Socket.IO CONNECT is still a client to
     count and to time out. ``_engineio_server_class`` (the class python-socketio
     builds its engine.io server from), ``_handle_eio_connect`` and
-    ``_handle_eio_disconnect`` (its handlers of engine.io's events) are
-    python-socketio's own (pinned; tests/test_realtime_overrides.py).
+    ``_handle_eio_disconnect`` (its handlers of engine.io's events) and
+    ``_send_packet`` (through which its CONNECT packet goes: ``connect_data``
+    adds the recovery pid) are python-socketio's own (pinned;
+    tests/test_realtime_overrides.py).
     """
 
     eio: EngineServer
     engine_opened: EngineOpened | None = None
     engine_closed: Callable[[str], None] | None = None
+    # What a CONNECT packet tells the client beside its sid (its recovery pid).
+    connect_data: Callable[[str], Mapping[str, Any]] | None = None
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return EngineServer
@@ -70,6 +76,12 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
         self.environ[eio_sid] = {key: environ[key] for key in _ENVIRON_KEPT if key in environ}
         return None
 
+    async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        data = pkt.data
+        if pkt.packet_type == socketio_packet.CONNECT and isinstance(data, dict) and self.connect_data is not None:
+            data.update(self.connect_data(data.get("sid", "")))
+        await super()._send_packet(eio_sid, pkt)
+
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
         await super()._handle_eio_disconnect(eio_sid, reason)
         if self.engine_closed is not None:
@@ -79,7 +91,13 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
 def create_server(config: Config, *, cors: Callable[[str | None, Mapping[str, Any]], bool]) -> Server:
     """The Socket.IO server; ``cors`` judges an Origin for engine.io (its CORS headers)."""
     redis = config.redis
-    manager = RoutedManager(redis, channel=config.redis_channel) if redis is not None else LocalFanout()
+    keep = config.recovery_window + HISTORY_MARGIN if config.recovery_window > 0 else 0.0
+    manager: LocalFanout
+    if redis is not None:
+        manager = RoutedManager(redis, channel=config.redis_channel, keep=keep)
+    else:
+        manager = LocalFanout()
+        manager.history = MemoryHistory(keep=keep) if keep else None
     return Server(
         async_mode="aiohttp",
         client_manager=manager,

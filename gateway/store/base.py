@@ -79,8 +79,9 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def transition(self, key: str, *, from_status: str, to_status: str) -> bool:
-        """Compare-and-set the record's status; True for exactly one caller."""
+    async def transition(self, key: str, *, from_status: str, to_status: str, ttl: float | None = None) -> bool:
+        """Compare-and-set the record's status; True for exactly one caller. With
+        ``ttl``, the record then lives ``ttl`` more seconds (> 0)."""
 
     @abc.abstractmethod
     async def append(self, key: str, member: str, *, ttl: float) -> None:

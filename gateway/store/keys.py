@@ -92,3 +92,22 @@ def device(device_id: str) -> str:
 def user_devices(user_id: str) -> str:
     """The user's enrolled devices, oldest first."""
     return f"user_devices:{user_id}"
+
+
+def history(room: str) -> str:
+    """A room's recent events (a stream), for connection state recovery. The
+    room is its hash tag, as in the room's fan-out channel: both share a slot."""
+    return f"hist:{{{room}}}"
+
+
+HISTORY_CLOCK = "hist:clock"  # one Redis: the last event id given, shared by every room
+
+
+def recovery(pid: str) -> str:
+    """A socket's recovery record, by its pid: who it was, its rooms, its state."""
+    return f"recovery:{pid}"
+
+
+def node(name: str) -> str:
+    """A node's heartbeat: when it last said it was alive (unix seconds)."""
+    return f"node:{name}"

@@ -104,11 +104,13 @@ class MemoryStore(Store):
         record["attempts"] = str(attempts + 1)
         return "counted", dict(record)
 
-    async def transition(self, key: str, *, from_status: str, to_status: str) -> bool:
+    async def transition(self, key: str, *, from_status: str, to_status: str, ttl: float | None = None) -> bool:
         record = self._record(key)
         if record is None or record.get("status") != from_status:
             return False
         record["status"] = to_status
+        if ttl is not None:
+            self._set(key, record, ttl)
         return True
 
     async def append(self, key: str, member: str, *, ttl: float) -> None:

@@ -154,8 +154,9 @@ class RedisStore(Store):
         outcome = cast(Attempt, _text(result[0]))
         return outcome, _pairs(result[1]) if len(result) > 1 else None
 
-    async def transition(self, key: str, *, from_status: str, to_status: str) -> bool:
-        done = await self._call(lambda: self._transition(keys=[PREFIX + key], args=[from_status, to_status]))
+    async def transition(self, key: str, *, from_status: str, to_status: str, ttl: float | None = None) -> bool:
+        args: list[Any] = [from_status, to_status, *([] if ttl is None else [_ms(ttl)])]
+        done = await self._call(lambda: self._transition(keys=[PREFIX + key], args=args))
         return bool(done)
 
     async def append(self, key: str, member: str, *, ttl: float) -> None:

@@ -49,7 +49,12 @@ async def test_full_approval(gateway: Gateway, probes: Callable[[], Probe]) -> N
 
     browser = await session_probe(gateway, probes, session)
     authenticated = await browser.wait_for("authenticated")
-    assert authenticated == {"sessionId": session["sessionId"], "expiresAt": session["expiresAt"], "via": "session"}
+    assert authenticated == {
+        "sessionId": session["sessionId"],
+        "expiresAt": session["expiresAt"],
+        "via": "session",
+        "recovered": False,
+    }
     otp_ready = await browser.wait_for("otp_ready")
     assert otp_ready["type"] == "otp_ready" and otp_ready["expiresAt"] == session["expiresAt"]
     otp = device.otp()

@@ -127,6 +127,15 @@ async def test_transition_has_one_winner(store: Store) -> None:
     assert not await store.transition("missing", from_status="pending", to_status="approved")
 
 
+async def test_transition_can_set_a_new_ttl(store: Store) -> None:
+    await store.create_record("short", {"status": "live"}, ttl=60)
+    assert not await store.transition("short", from_status="other", to_status="lost", ttl=0.2)
+    assert await store.transition("short", from_status="live", to_status="lost", ttl=0.2)
+    assert (await store.get_record("short") or {}).get("status") == "lost"
+    await asyncio.sleep(0.35)
+    assert await store.get_record("short") is None
+
+
 async def test_records_expire(store: Store) -> None:
     await store.create_record("e", {"status": "pending"}, ttl=0.2)
     await asyncio.sleep(0.35)
