@@ -22,7 +22,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway import __version__
+from gateway import __version__, keys
+from gateway.app import create_app
 from gateway.config import WebhookConfig, load_config
 from gateway.errors import ConfigError
 from gateway.formats import iso_z
@@ -36,7 +37,7 @@ from gateway.webhooks import (
     Webhooks,
     retry_delay,
 )
-from tests.support import ROOT, Clock, free_port, write_toml
+from tests.support import ROOT, Clock, GatewayTestServer, free_port, http_json, metric_value, write_toml
 
 SECRET = "whsec-for-the-tests-0123456789"
 OTHER_SECRET = "another-whsec-for-the-tests-42"
@@ -455,6 +456,46 @@ async def test_stop_abandons_what_is_pending_with_a_log_line(receivers: Any, cap
     assert (service.pending, queued(metrics)) == (0, 0)
     assert service.submit("user.online", {"sub": "late"}) is None
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("webhook-")]
+
+
+# --- wiring -------------------------------------------------------------------
+
+
+async def test_create_app_runs_the_configured_hooks_and_shows_the_metrics(receivers: Any) -> None:
+    receiver = await receivers()
+    config = load_config(
+        environ={}, flags={"webhooks": [{"url": receiver.url, "secret": SECRET, "events": ["user.online"]}]}
+    )
+    app = create_app(config)
+    server = GatewayTestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        event_id = app[keys.webhooks].submit("user.online", {"sub": "alice"})
+        (got,) = await receiver.until(1)
+        assert got.verified and got.event["id"] == event_id
+        url = str(server.make_url("/metrics"))
+        await until(lambda: queued(app[keys.metrics]) == 0)
+        status, text, _ = await http_json("GET", url)
+        assert status == 200
+        assert metric_value(text, 'ticketgate_webhook_deliveries_total{result="delivered"}') == 1
+        assert metric_value(text, 'ticketgate_webhook_deliveries_total{result="dropped"}') == 0
+        assert metric_value(text, "ticketgate_webhook_queued_deliveries") == 0
+    finally:
+        await server.close()
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("webhook-")]
+
+
+async def test_without_hooks_nothing_runs() -> None:
+    app = create_app(load_config(environ={}, flags={}))
+    server = GatewayTestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        webhooks = app[keys.webhooks]
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("webhook-")]
+        assert webhooks._session is None
+        assert webhooks.submit("user.online", {"sub": "alice"}) is None and webhooks.pending == 0
+    finally:
+        await server.close()
 
 
 # --- settings -----------------------------------------------------------------
