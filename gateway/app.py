@@ -27,6 +27,7 @@ from gateway.realtime import Realtime, create_server
 from gateway.realtime.recovery import Recovery
 from gateway.scheduler import Scheduler
 from gateway.store import create_store
+from gateway.webhooks import Webhooks
 from handlers import http, raw_ws, transport
 from handlers.events import SocketHandlers
 from handlers.openapi import build_openapi
@@ -117,6 +118,7 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
     app[keys.rate_limits] = rate_limits
     app[keys.sessions] = sessions
     app[keys.openapi] = build_openapi(version=__version__)
+    app[keys.webhooks] = Webhooks(hooks=config.webhooks, max_attempts=config.webhook_max_attempts, metrics=metrics)
 
     messages = MessageService(store=store, fanout=realtime, maxlen=config.upstream_maxlen)
     SocketHandlers(
@@ -138,7 +140,15 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
 
     app.on_response_prepare.append(http.node_header(config.node_name))
     app.cleanup_ctx.extend(
-        [_key_files_ctx, _http_client_ctx, _jwks_refresh_ctx, _store_ctx, _rate_limits_ctx, _realtime_ctx]
+        [
+            _key_files_ctx,
+            _http_client_ctx,
+            _jwks_refresh_ctx,
+            _store_ctx,
+            _rate_limits_ctx,
+            _webhooks_ctx,
+            _realtime_ctx,
+        ]
     )
     # Not a cleanup_ctx: aiohttp runs on_shutdown *before* it waits for open
     # handlers (every WebSocket is one), cleanup_ctx only after that wait.
@@ -187,6 +197,14 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _rate_limits_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[keys.rate_limits].close()
+
+
+async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Listed before realtime, so stopped after it: events submitted while realtime stops
+    # are still taken, and counted in the line of abandoned deliveries rather than lost unsaid.
+    await app[keys.webhooks].start()
+    yield
+    await app[keys.webhooks].stop()
 
 
 async def _realtime_ctx(app: web.Application) -> AsyncIterator[None]:

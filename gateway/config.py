@@ -33,6 +33,9 @@ MIN_SECRET_BYTES = 32
 # --demo's per-address rates, unless configured: QA testers behind one office
 # address, clicking through the demo in several tabs, must not trip them.
 DEMO_RATES = {"http_rate_per_ip": 600, "connect_rate_per_ip": 600}
+# The event types a [[webhooks]] entry may subscribe to (docs/webhooks.md).
+WEBHOOK_EVENTS = ("user.online", "user.offline", "room.occupied", "room.vacated", "user.joined", "user.left")
+MIN_WEBHOOK_SECRET_CHARS = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +47,15 @@ class IssuerConfig:
     jwks_file: str | None = None
     audience: str | None = None
     algorithms: tuple[str, ...] = ("RS256", "ES256")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookConfig:
+    """A receiver of webhook events (``[[webhooks]]``)."""
+
+    url: str
+    secret: str = field(repr=False)  # HMAC key of the signature: never in a repr, a log or an error
+    events: tuple[str, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +129,10 @@ class Config:
     body_timeout: float = 15
     redis_channel: str = "socketio"
     issuers: tuple[IssuerConfig, ...] = ()
+    # Webhook receivers, and how many times one event is tried on each before
+    # it is given up (gateway/webhooks.py).
+    webhooks: tuple[WebhookConfig, ...] = ()
+    webhook_max_attempts: int = 8
     demo: bool = False
     node_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     # Set by load_config when it had to invent a key/secret/admin token, so
@@ -158,6 +174,20 @@ class IssuerSchema(Schema):
             raise ValidationError("exactly one of jwks_uri or jwks_file is required", "issuers")
         data["algorithms"] = tuple(data["algorithms"])
         return IssuerConfig(**data)
+
+
+class WebhookSchema(Schema):
+    url = fields.Url(schemes={"http", "https"}, require_tld=False, required=True)
+    # marshmallow's messages for these never echo the value.
+    secret = fields.String(required=True, validate=validate.Length(min=MIN_WEBHOOK_SECRET_CHARS))
+    events = fields.List(
+        fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)), required=True, validate=validate.Length(min=1)
+    )
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> WebhookConfig:
+        data["events"] = tuple(dict.fromkeys(data["events"]))  # once each, in the order given
+        return WebhookConfig(**data)
 
 
 class ConfigSchema(Schema):
@@ -212,6 +242,8 @@ class ConfigSchema(Schema):
     body_timeout = fields.Float(validate=_positive)
     redis_channel = fields.String(validate=validate.Length(min=1))
     issuers = fields.List(fields.Nested(IssuerSchema))
+    webhooks = fields.List(fields.Nested(WebhookSchema))
+    webhook_max_attempts = fields.Integer(validate=validate.Range(min=1))
     demo = fields.Boolean()
     node_name = fields.String(validate=validate.Length(min=1, max=64))
 
@@ -241,7 +273,7 @@ class ConfigSchema(Schema):
             data["signing_key"] = _load_signing_key(data["signing_key"])
         if data.get("secret") is not None:
             data["secret"] = _decode_secret(data["secret"])
-        for name in ("allowed_origins", "issuers", "public_rooms", "trusted_proxies"):
+        for name in ("allowed_origins", "issuers", "public_rooms", "trusted_proxies", "webhooks"):
             if name in data:
                 data[name] = tuple(data[name])
         return data
@@ -290,7 +322,7 @@ def _read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-_LIST_SETTINGS = {"allowed_origins", "issuers", "public_rooms", "trusted_proxies"}
+_LIST_SETTINGS = {"allowed_origins", "issuers", "public_rooms", "trusted_proxies", "webhooks"}
 
 
 def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:

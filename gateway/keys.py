@@ -15,6 +15,7 @@ from gateway.metrics import Metrics
 from gateway.rate_limits import RateLimits
 from gateway.realtime import Realtime
 from gateway.store import Store
+from gateway.webhooks import Webhooks
 
 config = web.AppKey("config", Config)
 store = web.AppKey("store", Store)
@@ -28,3 +29,4 @@ realtime = web.AppKey("realtime", Realtime)
 rate_limits = web.AppKey("rate_limits", RateLimits)
 http_client = web.AppKey("http_client", aiohttp.ClientSession)
 openapi = web.AppKey("openapi", dict)
+webhooks = web.AppKey("webhooks", Webhooks)

@@ -63,5 +63,28 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.webhook_deliveries = Counter(
+            "ticketgate_webhook_deliveries",
+            "Webhook deliveries (one event to one hook) by how they ended: delivered (a 2xx), "
+            "failed (webhook_max_attempts tried), dropped (the hook's queue was full)",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("delivered", "failed", "dropped"):
+            self.webhook_deliveries.labels(result)
+        self.webhook_attempts = Counter(
+            "ticketgate_webhook_attempts",
+            "Webhook POSTs by outcome: ok (2xx), status (another status), timeout, error (connection and the like)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("ok", "status", "timeout", "error"):
+            self.webhook_attempts.labels(outcome)
+        self.webhook_queued = Gauge(
+            "ticketgate_webhook_queued_deliveries",
+            "Webhook deliveries this node holds: waiting for a worker, in flight, or waiting to be retried",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
