@@ -245,7 +245,13 @@ class ConfigSchema(Schema):
     webhooks = fields.List(fields.Nested(WebhookSchema))
     webhook_max_attempts = fields.Integer(validate=validate.Range(min=1))
     demo = fields.Boolean()
-    node_name = fields.String(validate=validate.Length(min=1, max=64))
+    # Sent as the X-Ticketgate-Node header and in Redis keys: visible ASCII only.
+    node_name = fields.String(
+        validate=[
+            validate.Length(min=1, max=64),
+            validate.Regexp(r"^[!-~]+\Z", error="must be visible ASCII, no spaces"),
+        ]
+    )
 
     @validates("allowed_origins")
     def _origins(self, value: list[str], **_: Any) -> None:

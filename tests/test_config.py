@@ -76,6 +76,11 @@ def test_env_lists(tmp_path: Path) -> None:
         ({"workers": 2}, "redis_url"),
         ({"workers": 2, "redis_url": "redis://127.0.0.1:1/0", "port": 0}, "port"),
         ({"workers": 2, "redis_url": "redis://127.0.0.1:1/0", "node_name": "gw1"}, "node_name"),
+        ({"node_name": "gw1\r\nX-Forged: 1"}, "node_name"),
+        ({"node_name": "gw 1"}, "node_name"),
+        ({"recovery_window": -1}, "recovery_window"),
+        ({"recovery_window": 3601}, "recovery_window"),
+        ({"redis_cluster": True, "redis_url": "unix:///tmp/r.sock"}, "redis_cluster"),
     ],
 )
 def test_bad_settings_name_the_problem(settings: dict[str, object], named: str) -> None:

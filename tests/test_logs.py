@@ -338,6 +338,10 @@ async def test_a_client_cannot_write_a_line_or_a_control_character_into_the_log(
     ):
         answer = await raw_request(node.port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 404 "), answer
+    # engine.io logs an unknown session id from the query string ("Invalid session ...").
+    poll = f"/socket.io/?EIO=4&transport=polling&sid=x%0A{forged}"
+    answer = await raw_request(node.port, f"GET {poll} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
     probe = probes()
     assert await probe.connect(node.url)  # deferred: its first event must be `authenticate`
     await probe.client.emit(f"hello\n{FORGED}", {})
@@ -354,6 +358,7 @@ async def test_a_client_cannot_write_a_line_or_a_control_character_into_the_log(
     assert "GET /nope\\r\\n2026-01-01" in log and "GET /nope\\x852026-01-01" in log
     assert "GET /nope\\u20282026-01-01" in log and "GET /nope\\x1b[2J\\x07\\x7f\\x00 404" in log
     assert "sent hello\\n2026-01-01 00:00:00,000 INFO gateway: connect sid=forged" in log
+    assert "Invalid session x\\n2026-01-01 00:00:00,000 INFO gateway: connect sid=forged" in log
 
 
 # -- the start of a process (PROTOCOL §1, §6.10)

@@ -4,6 +4,7 @@ with orjson for every packet and a hook for Engine.IO sessions."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -109,6 +110,16 @@ def create_server(config: Config, *, cors: Callable[[str | None, Mapping[str, An
         # A credential or a message never needs more; smaller frames are a DoS guard.
         max_http_buffer_size=MAX_PAYLOAD_BYTES,
         max_buffered=config.max_buffered_bytes,
-        logger=False,
-        engineio_logger=False,
+        # Loggers of ours, not False: with False each library adds a handler of its
+        # own to its default logger, which writes client text (a session id from
+        # the query string) unescaped. These go through the CLI's escaping
+        # formatter (gateway/logs.py); warnings and errors only.
+        logger=_library_logger("gateway.socketio"),
+        engineio_logger=_library_logger("gateway.engineio"),
     )
+
+
+def _library_logger(name: str) -> logging.Logger:
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.WARNING)
+    return logger
