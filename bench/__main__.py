@@ -13,8 +13,12 @@ own process, the clients in node) and stops by itself. Figures:
 * fan-out deliveries/s: then 50 publishes (``POST /api/publish``) to the room
   of all 1000, from the first publish to the last delivery;
 * KB of RSS per idle authenticated socket: the server's RSS growth with 2000;
-* cross-node publish -> deliver latency: 2 gateways + Redis, 5000 sockets of
-  5000 users on node b, publishes through node a at a steady rate.
+* cross-node publish -> deliver latency: 2 gateways on one Redis and on a
+  3-master Redis Cluster (alternated), 5000 sockets of 5000 users on node b,
+  publishes through node a at a steady rate;
+* routing: CPU seconds of each of 4 nodes when events go to users on one;
+* recovery: Redis bytes per stored event, reconnect to the last of 1000 missed;
+* workers: fan-out deliveries/s of `serve --workers 2` against one process.
 
 Each server's figure is the median of its rounds; ratios are to Node socket.io.
 """
@@ -41,7 +45,7 @@ import socketio
 
 from gateway.auth.tokens import TokenService
 from gateway.config import load_config
-from tests.support import GatewayProcess, RedisServer, free_port, keygen, wait_for_port, which, write_toml
+from tests.support import GatewayProcess, RedisCluster, RedisServer, free_port, keygen, wait_for_port, which, write_toml
 
 BENCH = Path(__file__).resolve().parent
 ADMIN = "bench-admin-token-0123456789abcdef"
@@ -80,7 +84,7 @@ class Results:
     connects: dict[str, list[float]] = field(default_factory=dict)
     deliveries: dict[str, list[float]] = field(default_factory=dict)
     memory: dict[str, float] = field(default_factory=dict)
-    latency: dict[str, tuple[float, float]] = field(default_factory=dict)
+    latency: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     routing: dict[str, tuple[float, list[float]]] = field(default_factory=dict)
     recovery: dict[str, float] = field(default_factory=dict)
 
@@ -117,7 +121,7 @@ class Bench:
         wait_for_port(port, proc=proc)
         return self._keep(Server("bare python-socketio", f"http://127.0.0.1:{port}", proc))
 
-    def gateway(self, name: str, **settings: Any) -> Server:
+    def gateway(self, name: str, *, extra_args: tuple[str, ...] = (), **settings: Any) -> Server:
         # Thousands of sockets from one address (127.0.0.1): the per-address limits out of the way.
         values = {
             **self.keys,
@@ -131,6 +135,7 @@ class Bench:
         process = GatewayProcess(
             config_file=write_toml(self.work / f"gateway-{index}.toml", values),
             log_file=self.work / f"gateway-{index}.log",
+            extra_args=extra_args,
         )
         process.start()
         self.gateways.append(process)
@@ -248,10 +253,21 @@ async def memory(bench: Bench, results: Results, server: Server, *, sockets: int
     results.memory[server.name] = (after[0] - before) / sockets
 
 
-async def cross_node(bench: Bench, results: Results, *, sockets: int, publishes: int, rate: float) -> None:
-    """2 gateways + Redis: sockets of ``sockets`` users on node b, publishes through node a."""
-    a = bench.gateway("ticketgate a (redis)", redis_url=bench.redis.url)
-    b = bench.gateway("ticketgate b (redis)", redis_url=bench.redis.url)
+async def cross_node(
+    bench: Bench,
+    results: Results,
+    *,
+    sockets: int,
+    publishes: int,
+    rate: float,
+    label: str = "2 nodes + Redis",
+    **redis: Any,
+) -> None:
+    """2 gateways + Redis (``redis``: their redis settings; a single Redis by
+    default): sockets of ``sockets`` users on node b, publishes through node a."""
+    redis = redis or {"redis_url": bench.redis.url}
+    a = bench.gateway("ticketgate a", **redis)
+    b = bench.gateway("ticketgate b", **redis)
     rooms = [f"user:u{i}" for i in range(sockets)]
     spec = {
         "auths": str(bench.token_auths(sockets, users=sockets)),
@@ -267,7 +283,7 @@ async def cross_node(bench: Bench, results: Results, *, sockets: int, publishes:
     latencies = sorted(raw[WARM_UP:])  # the first ones open connections and load scripts
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    results.latency["2 nodes + Redis"] = (p50, p99)
+    results.latency.setdefault(label, []).append((p50, p99))
     a.stop()
     b.stop()
 
@@ -390,8 +406,9 @@ def report(results: Results) -> None:
         print(f"  {name:40} {kb:9.1f}   {ratio(kb, base)}")
     if results.latency:
         print("\n## cross-node publish -> deliver latency (ms)")
-    for name, (p50, p99) in results.latency.items():
-        print(f"  {name:40} p50 {p50:6.2f}   p99 {p99:6.2f}")
+    for name, rounds in results.latency.items():
+        p50, p99 = median([r[0] for r in rounds]), median([r[1] for r in rounds])
+        print(f"  {name:40} p50 {p50:6.2f}   p99 {p99:6.2f}   (median of {len(rounds)})")
     if results.recovery:
         print("\n## connection state recovery (redis engine)")
     for name, value in results.recovery.items():
@@ -403,7 +420,7 @@ def report(results: Results) -> None:
         print(f"  {name:45} busy node {busy:6.2f}   the other three {idle}")
 
 
-SCENARIOS = ("fanout", "memory", "latency", "routing", "recovery")
+SCENARIOS = ("fanout", "memory", "latency", "routing", "recovery", "workers")
 
 
 async def run(quick: bool, only: set[str] | None = None) -> None:
@@ -430,7 +447,33 @@ async def run(quick: bool, only: set[str] | None = None) -> None:
         for server in servers if "memory" in wanted else []:
             await memory(bench, results, server, sockets=500 if quick else 2000)
         if "latency" in wanted:
-            await cross_node(bench, results, sockets=1000 if quick else 5000, publishes=1000, rate=500)
+            latency = {"sockets": 1000 if quick else 5000, "publishes": 1000, "rate": 500}
+            cluster = RedisCluster(work / "redis-cluster")
+            cluster.start()
+            try:  # alternated: single, cluster, single, cluster
+                for _ in range(1 if quick else 2):
+                    await cross_node(bench, results, **latency, label="2 nodes + one Redis")
+                    cluster.flush()
+                    await cross_node(
+                        bench,
+                        results,
+                        **latency,
+                        label="2 nodes + 3-master Redis Cluster",
+                        redis_url=cluster.url,
+                        redis_cluster=True,
+                    )
+            finally:
+                cluster.stop()
+        if "workers" in wanted:
+            one = bench.gateway("ticketgate (redis), 1 process", redis_url=bench.redis.url)
+            two = bench.gateway(
+                "ticketgate (redis), --workers 2", redis_url=bench.redis.url, extra_args=("--workers", "2")
+            )
+            for round_index in range(rounds):
+                pair = [one, two] if round_index % 2 == 0 else [two, one]
+                await fanout_round(bench, results, pair, sockets=sockets, publishes=50)
+            one.stop()
+            two.stop()
         if "routing" in wanted:
             await routing(bench, results, users=100, publishes=1000 if quick else 10_000)
         if "recovery" in wanted:
