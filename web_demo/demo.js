@@ -637,7 +637,18 @@ async function connectUser() {
   const issued = await fetchTicket(report);
   if (!issued) return;
   if (state.user && state.user.socket.connected) state.user.socket.disconnect();
-  const socket = openSocket("user", { ticket: issued.ticket });
+  // `auth` as a callback: a ticket is single use, so a reconnect (after "Cut the
+  // connection") fetches a fresh one, as docs/recovery.md tells apps to.
+  let first = issued.ticket;
+  const auth = (callback) => {
+    if (first) {
+      callback({ ticket: first });
+      first = null;
+      return;
+    }
+    fetchTicket(report).then((fresh) => callback(fresh ? { ticket: fresh.ticket } : {}));
+  };
+  const socket = openSocket("user", auth);
   const user = {
     socket,
     label: socket.label,
@@ -670,7 +681,8 @@ function wireUserSocket(user, socket, { main }) {
     if (!main) return;
     user.sub = data.sub;
     user.expiresAt = Date.parse(data.expiresAt);
-    setSocketStatus(`authenticated as ${data.sub} via ${data.via}`, "ok");
+    const recovered = data.recovered ? " · recovered: missed events replayed" : "";
+    setSocketStatus(`authenticated as ${data.sub} via ${data.via}${recovered}`, "ok");
     renderExpiry();
   });
   socket.on("refresh_token", (data) => {
@@ -824,6 +836,32 @@ async function publishTestEvent() {
   });
   if (result.status === 202) setText(report, `Published demo_notice #${data.n} to user:${sub}.`, "ok");
   else setText(report, `Publish refused: ${errorText(result)}`, "bad");
+}
+
+const CUT_MS = 3000;
+
+/** Drop the user socket's transport as a network would (no goodbye), publish 3
+ * test events while it is away, then reconnect: the gateway's connection state
+ * recovery (docs/recovery.md) hands them over, and socket.recovered says so. */
+async function cutConnection() {
+  const report = $("socket-result");
+  const user = state.user;
+  if (!user || !user.socket.connected) {
+    setText(report, "Connect first (Get a ticket and connect).", "bad");
+    return;
+  }
+  if (!requireAdmin(report)) return;
+  const socket = user.socket;
+  const cutAt = Date.now();
+  socket.io.engine.close();
+  setSocketStatus("connection cut: 3 events are published meanwhile", "warn");
+  for (let i = 0; i < 3; i += 1) await publishTestEvent();
+  await new Promise((resolve) => setTimeout(resolve, Math.max(0, cutAt + CUT_MS - Date.now())));
+  socket.once("connect", () => {
+    const how = socket.recovered ? "recovered: the 3 events follow" : "not recovered: a fresh socket";
+    setText(report, `Reconnected after ${((Date.now() - cutAt) / 1000).toFixed(1)} s, ${how}.`, socket.recovered ? "ok" : "warn");
+  });
+  socket.connect();
 }
 
 async function useCustomToken() {
@@ -1198,6 +1236,7 @@ function init() {
   action($("socket-connect"), connectUser, $("socket-result"));
   action($("socket-reauth"), reauthenticate, $("socket-result"));
   action($("socket-publish"), publishTestEvent, $("socket-result"));
+  action($("socket-cut"), cutConnection, $("socket-result"));
   action($("socket-disconnect"), async () => {
     for (const socket of [state.user?.socket, ...state.extraSockets]) if (socket && socket.connected) socket.disconnect();
   });

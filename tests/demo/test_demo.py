@@ -204,6 +204,26 @@ def test_events_held_for_a_socket_that_never_reauthenticates_go_to_the_next_one(
     assert demo.index_of(r"^demo_notice user#2 parked") < demo.index_of(r"^demo_notice user#2$")
 
 
+def test_a_cut_connection_comes_back_recovered_with_what_was_published_meanwhile(
+    demo_gateway: StartGateway, open_demo: OpenDemo
+) -> None:
+    """Connection state recovery (docs/recovery.md) as QA sees it: the transport
+    dropped, 3 events published while it is away, the socket back with them."""
+    demo = open_demo(demo_gateway())
+    demo.set_admin_token()
+    demo.login("alice")
+    demo.connect("alice")
+    demo.wait_for_log(r"^refresh_token .*user#1")
+    demo.by("socket-cut").click()
+    expect(demo.by("socket-result")).to_contain_text("recovered: the 3 events follow", timeout=15_000)
+    expect(demo.by("socket-status")).to_contain_text("recovered: missed events replayed")
+    demo.wait_for_log(r"^demo_notice user#1", count=3)
+    notices = [text for text in demo.log_heads() if text.startswith("demo_notice user#1")]
+    assert len(notices) == 3, notices  # once each
+    back = demo.index_of(r"^connect user#1", start=demo.index_of(r"^disconnect .*user#1"))
+    assert back < demo.index_of(r"^demo_notice user#1")  # published while away, delivered once back
+
+
 def test_disconnect_user_through_the_admin_api(demo_gateway: StartGateway, open_demo: OpenDemo) -> None:
     demo = open_demo(demo_gateway())
     demo.allow_http_errors(401)
