@@ -154,6 +154,8 @@ def doors_middleware(policy: OriginPolicy, *, raw_prefix: str) -> Callable[..., 
 
     * a cross-origin Socket.IO or raw WebSocket handshake: 403
       ``origin_not_allowed`` before any upgrade (PROTOCOL §3, 4003);
+    * a new Engine.IO session (no ``sid`` yet) while the node drains: 503
+      ``unavailable``;
     * a new Engine.IO session (no ``sid`` yet) while its address holds
       ``max_pending_per_ip`` sessions that never sent the Socket.IO CONNECT: 429
       with Retry-After (admission refuses them too; this answers in the
@@ -172,6 +174,10 @@ def doors_middleware(policy: OriginPolicy, *, raw_prefix: str) -> Callable[..., 
                     logger.info("refused handshake: origin_not_allowed")
                     return error_response(403, "origin_not_allowed", "this Origin may not connect")
                 if path.startswith(SOCKETIO_PREFIX) and request.method == "GET" and "sid" not in request.query:
+                    if request.app[keys.realtime].draining:
+                        # At the handshake, not as a Socket.IO connect_error: socket.io-client
+                        # retries a failed handshake by itself, but never a refused CONNECT.
+                        raise StoreUnavailable("this node is shutting down; reconnect")
                     if request.app[keys.admission].unconnected_full(request.remote or "unknown"):
                         retry = request.app[keys.config].auth_timeout
                         raise RateLimited("too many unauthenticated sessions from this address", retry_after=retry)
