@@ -5,15 +5,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JS     := tests/js/node_modules/.installed
 DEMO_JS := web_demo/node_modules/.installed
+ADMIN_JS := admin_ui/node_modules/.installed
 BENCH_JS := bench/node_modules/.installed
 APT_PACKAGES := redis-server:redis-server redis-cli:redis-tools nginx:nginx chromium:chromium
 
 .PHONY: run test lint venv system-deps js-deps dist bench screenshot clean
 
-run: $(STAMP) $(DEMO_JS)
+run: $(STAMP) $(DEMO_JS) $(ADMIN_JS)
 	$(BIN)/ticketgate serve --demo
 
-test: system-deps $(STAMP) $(JS) $(DEMO_JS) lint
+test: system-deps $(STAMP) $(JS) $(DEMO_JS) $(ADMIN_JS) lint
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -29,10 +30,15 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[test,dev]'
 	touch $@
 
-js-deps: $(JS) $(DEMO_JS)
+js-deps: $(JS) $(DEMO_JS) $(ADMIN_JS)
 
 $(DEMO_JS): web_demo/package.json web_demo/package-lock.json
 	cd web_demo && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The operator UI's prebuilt page (@socket.io/admin-ui) and its icon font (@mdi/font).
+$(ADMIN_JS): admin_ui/package.json admin_ui/package-lock.json
+	cd admin_ui && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 $(JS): tests/js/package.json tests/js/package-lock.json
@@ -40,10 +46,11 @@ $(JS): tests/js/package.json tests/js/package-lock.json
 	touch $@
 
 # dist/: a wheel and an sdist that carry the web demo and its pinned socket.io-client
-# bundle (setup.py copies it from web_demo/node_modules), so an installed
-# ticketgate serves --demo with no checkout, node or npm. The wheel is built from
-# the sdist, which proves the sdist complete too.
-dist: $(STAMP) $(DEMO_JS)
+# bundle, and the operator UI's page and icon font (setup.py copies them from
+# web_demo/node_modules and admin_ui/node_modules), so an installed ticketgate
+# serves --demo and admin_ui with no checkout, node or npm. The wheel is built
+# from the sdist, which proves the sdist complete too.
+dist: $(STAMP) $(DEMO_JS) $(ADMIN_JS)
 	rm -rf dist build
 	$(BIN)/python -m build --outdir dist .
 
@@ -60,7 +67,7 @@ system-deps:
 	fi
 
 # docs/demo.png: the demo page after a full login, in Debian's Chromium (as the tests drive it).
-screenshot: system-deps $(STAMP) $(DEMO_JS)
+screenshot: system-deps $(STAMP) $(DEMO_JS) $(ADMIN_JS)
 	$(BIN)/python -m tests.demo.screenshot
 
 $(BENCH_JS): bench/package.json bench/package-lock.json
@@ -72,5 +79,5 @@ bench: system-deps $(STAMP) $(BENCH_JS)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules web_demo/node_modules bench/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) tests/js/node_modules web_demo/node_modules admin_ui/node_modules bench/node_modules .pytest_cache .mypy_cache .ruff_cache
 	rm -rf dist build ticketgate.egg-info

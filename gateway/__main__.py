@@ -42,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--demo", action="store_const", const=True, default=None, help="serve the web demo")
     serve.add_argument(
+        "--admin-ui",
+        dest="admin_ui",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve the operator UI at /admin/ (on with --demo)",
+    )
+    serve.add_argument(
         "--loop", choices=["auto", "uvloop", "asyncio"], help="event loop (default: uvloop if installed)"
     )
     serve.add_argument(
@@ -74,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "redis_cluster": args.redis_cluster,
             "recovery_window": args.recovery_window,
             "demo": args.demo,
+            "admin_ui": args.admin_ui,
             "loop": args.loop,
             # A worker is one process, whatever the file or environment says.
             "workers": 1 if args.worker_fd is not None else args.workers,
@@ -170,6 +178,8 @@ async def serve(config: Config, *, supervisor: socket.socket | None = None) -> N
             "no signing_key/secret configured: using ephemeral ones (tokens die with this process); "
             "run `ticketgate keygen` to make permanent ones"
         )
+    if config.admin_ui:
+        logger.info("operator UI: %s/admin/ (log in with the admin token)", base)
     if config.demo:
         print(f"demo: {base}/demo/", flush=True)
         if "admin_token" in config.generated:

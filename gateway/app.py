@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway import __version__, keys
+from gateway.admin_ui import admin_ui_files
 from gateway.auth.admission import Admission
 from gateway.auth.refresh import RefreshService
 from gateway.auth.sessions import SessionService
@@ -28,7 +29,7 @@ from gateway.realtime.recovery import Recovery
 from gateway.scheduler import Scheduler
 from gateway.store import create_store
 from gateway.webhooks import Webhooks
-from handlers import http, raw_ws, transport
+from handlers import admin_ui, http, raw_ws, transport
 from handlers.events import SocketHandlers
 from handlers.openapi import build_openapi
 from handlers.origins import OriginPolicy
@@ -70,6 +71,7 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
     ``jwks_min_refresh``: the least time between two refreshes of a trusted
     issuer's key set (``TokenService``); only tests lower it."""
     demo = demo_files() if config.demo else None  # first: a missing file fails before anything is built
+    operator_ui = admin_ui_files() if config.admin_ui else None
     origins = OriginPolicy(allowed=config.allowed_origins, public_url=config.public_url)
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
@@ -150,6 +152,18 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
             _realtime_ctx,
         ]
     )
+    if operator_ui is not None:
+        view = admin_ui.OperatorView(
+            sio,
+            admin_token=config.admin_token,
+            server_id=config.node_name,
+            rate_limits=rate_limits,
+            settled=admission.engine_closed,  # releases the session's pending count and auth_timeout
+            socketio_path="/" + SOCKETIO_PATH + "/",
+        )
+        admin_ui.add_routes(app, operator_ui)
+        # Last: its reports stop before the realtime layer they are sent through.
+        app.cleanup_ctx.append(view.running)
     # Not a cleanup_ctx: aiohttp runs on_shutdown *before* it waits for open
     # handlers (every WebSocket is one), cleanup_ctx only after that wait.
     # Sockets must hear `closing` 1001 first, so this hook has to run there.

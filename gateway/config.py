@@ -134,6 +134,9 @@ class Config:
     webhooks: tuple[WebhookConfig, ...] = ()
     webhook_max_attempts: int = 8
     demo: bool = False
+    # The operator UI at /admin/ (the Socket.IO Admin UI, gateway/admin_ui.py):
+    # logs in with admin_token; --demo turns it on unless it is set.
+    admin_ui: bool = False
     node_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     # Set by load_config when it had to invent a key/secret/admin token, so
     # that the CLI can warn (or print the demo admin token once).
@@ -245,6 +248,7 @@ class ConfigSchema(Schema):
     webhooks = fields.List(fields.Nested(WebhookSchema))
     webhook_max_attempts = fields.Integer(validate=validate.Range(min=1))
     demo = fields.Boolean()
+    admin_ui = fields.Boolean()
     # Sent as the X-Ticketgate-Node header and in Redis keys: visible ASCII only.
     node_name = fields.String(
         validate=[
@@ -406,9 +410,12 @@ def load_config(
     if data.get("demo"):
         for name, value in DEMO_RATES.items():
             data.setdefault(name, value)
+        data.setdefault("admin_ui", True)
     if data.get("demo") and data.get("admin_token") is None:
         data["admin_token"] = secrets.token_urlsafe(24)
         generated.add("admin_token")
+    if data.get("admin_ui") and data.get("admin_token") is None:
+        raise ConfigError("admin_ui needs an admin_token: the operator UI logs in with it")
     return Config(**data, generated=frozenset(generated))
 
 

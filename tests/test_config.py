@@ -332,3 +332,23 @@ def test_loop_setting_is_validated() -> None:
     with pytest.raises(ConfigError, match="loop"):
         load_config(environ={"TICKETGATE_LOOP": "tornado"})
     assert load_config(environ={}).loop == "auto"
+
+
+ADMIN_UI_TOKEN = "admin-token-for-tests-0123456789"
+
+
+def test_admin_ui_is_off_by_default_on_with_demo_and_set_by_env_or_flag() -> None:
+    assert load_config(environ={}).admin_ui is False
+    assert load_config(environ={}, flags={"demo": True}).admin_ui is True
+    assert load_config(environ={"TICKETGATE_DEMO": "true", "TICKETGATE_ADMIN_UI": "false"}).admin_ui is False
+    assert load_config(environ={"TICKETGATE_ADMIN_UI": "true", "TICKETGATE_ADMIN_TOKEN": ADMIN_UI_TOKEN}).admin_ui
+    assert load_config(environ={}, flags={"admin_ui": True, "admin_token": ADMIN_UI_TOKEN}).admin_ui is True
+    assert load_config(environ={}, flags={"demo": True, "admin_ui": False}).admin_ui is False  # --no-admin-ui
+
+
+def test_admin_ui_without_an_admin_token_is_one_config_error() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config(environ={"TICKETGATE_ADMIN_UI": "1"})
+    assert str(refused.value) == "admin_ui needs an admin_token: the operator UI logs in with it"
+    with pytest.raises(ConfigError, match=r"^admin_ui: Not a valid boolean\.$"):
+        load_config(environ={"TICKETGATE_ADMIN_UI": "maybe", "TICKETGATE_ADMIN_TOKEN": ADMIN_UI_TOKEN})

@@ -1,6 +1,8 @@
 """The demo as it is distributed (issue #10): the wheel `make dist` builds serves
 `ticketgate serve --demo` from any directory with no checkout, node or npm; a
-checkout without the socket.io-client bundle refuses to start in one line."""
+checkout without the socket.io-client bundle refuses to start in one line. The
+operator UI (issue #15, on with --demo) travels the same way: its prebuilt page
+and icon font from admin_ui/node_modules."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ BUILD_INPUTS = (
     "gateway",
     "handlers",
     "web_demo",
+    "admin_ui",
 )
 LOCK = json.loads((ROOT / "web_demo" / "package-lock.json").read_text())
 BUNDLE_BANNER = f"Socket.IO v{LOCK['packages']['node_modules/socket.io-client']['version']}"
@@ -42,6 +45,14 @@ BUNDLE_BANNER = f"Socket.IO v{LOCK['packages']['node_modules/socket.io-client'][
 CLEAN_ENV = {"PATH": "/usr/bin:/bin"}
 MISSING_BUNDLE = (
     "ticketgate: the web demo's socket.io-client bundle is missing: run `make run` or `cd web_demo && npm ci`"
+)
+# What of admin_ui/node_modules the sdist carries: the page, the icon font's stylesheet and WOFF2, licences.
+ADMIN_UI_SOURCES = (
+    "admin_ui/node_modules/@socket.io/admin-ui/ui/dist/",
+    "admin_ui/node_modules/@socket.io/admin-ui/LICENSE",
+    "admin_ui/node_modules/@mdi/font/LICENSE",
+    "admin_ui/node_modules/@mdi/font/css/materialdesignicons.min.css",
+    "admin_ui/node_modules/@mdi/font/fonts/materialdesignicons-webfont.woff2",
 )
 
 
@@ -116,9 +127,20 @@ def test_wheel_and_sdist_carry_the_page_and_the_bundle(built: Built) -> None:
     assert scripts and scripts <= names
     with tarfile.open(built.sdist) as sdist:
         members = {name.partition("/")[2] for name in sdist.getnames()}
+        files = {member.name.partition("/")[2] for member in sdist.getmembers() if member.isfile()}
     assert "web_demo/node_modules/socket.io-client/dist/socket.io.min.js" in members
     from_node_modules = {name for name in members if name.startswith("web_demo/node_modules/")}
     assert {name for name in from_node_modules if "/socket.io-client" not in name} == set()
+    # The operator UI: its page without source maps, the icon font, the licences; nothing else of node_modules.
+    admin = {name.removeprefix("gateway/admin_ui_dist/") for name in names if name.startswith("gateway/admin_ui_dist/")}
+    assert {"index.html", "favicon.png", "LICENSE", "vendor/mdi/LICENSE"} <= admin, admin
+    assert {"vendor/mdi/css/materialdesignicons.min.css", "vendor/mdi/fonts/materialdesignicons-webfont.woff2"} <= admin
+    assert [name for name in admin if name.startswith("js/") and name.endswith(".js")], admin
+    assert not [name for name in admin if name.endswith(".map")]
+    from_admin_modules = {name for name in files if name.startswith("admin_ui/node_modules/")}
+    assert from_admin_modules and all(name.startswith(ADMIN_UI_SOURCES) for name in from_admin_modules), sorted(
+        from_admin_modules
+    )
 
 
 @pytest.fixture
@@ -166,6 +188,23 @@ def test_installed_wheel_serves_the_demo_from_any_directory(built: Built, served
         assert get(f"{served}/demo/{name}")[0] == 200, name
 
 
+def test_installed_wheel_serves_the_operator_ui(built: Built, served: str, tmp_path: Path) -> None:
+    code = "import gateway.admin_ui as a; print(a.admin_ui_files().page)"
+    page_dir = Path(run(str(built.venv / "bin" / "python"), "-c", code, cwd=tmp_path, env=CLEAN_ENV).strip())
+    assert page_dir.is_relative_to(built.venv), page_dir
+    status, kind, html = get(f"{served}/admin/")
+    assert (status, kind) == (200, "text/html") and "<title>Socket.IO Admin UI</title>" in html, html[:300]
+    # Everything the page loads comes from the gateway: no CDN, the icon font bundled.
+    assert not re.findall(r'(?:src|href)="(?:https?:)?//', html)
+    loaded = set(re.findall(r'(?:src|href)="([^"]+)"', html))
+    assert "vendor/mdi/css/materialdesignicons.min.css" in loaded, loaded
+    for name in sorted(loaded | {"vendor/mdi/fonts/materialdesignicons-webfont.woff2"}):
+        with urllib.request.urlopen(f"{served}/admin/{name}", timeout=5) as resp:
+            assert resp.status == 200, name
+    scripts = [get(f"{served}/admin/{name}")[2] for name in loaded if name.endswith(".js")]
+    assert any("supportedFeatures" in script for script in scripts)
+
+
 def test_checkout_without_the_bundle_names_the_fix(tmp_path: Path) -> None:
     """An editable install before `npm ci`: the checkout fallback finds the page
     but no bundle, and the gateway refuses to start in one line, status 2."""
@@ -180,4 +219,22 @@ def test_checkout_without_the_bundle_names_the_fix(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [MISSING_BUNDLE], result.stderr
+    assert result.stdout == ""
+
+
+def test_checkout_without_the_operator_ui_names_the_fix(tmp_path: Path) -> None:
+    """As above for admin_ui/node_modules: the demo's files are there, the operator UI's are not."""
+    checkout = copy_tree(tmp_path / "checkout", ("gateway", "handlers"), node_modules=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--admin-ui", "--port", "0"],
+        capture_output=True,
+        text=True,
+        cwd=checkout,
+        env={**CLEAN_ENV, "PYTHONPATH": str(checkout), "TICKETGATE_ADMIN_TOKEN": "admin-token-0123456789"},
+        timeout=15,
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("ticketgate: the operator UI (admin_ui) is missing (looked in "), line
+    assert line.endswith("run `make run` or `cd admin_ui && npm ci`"), line
     assert result.stdout == ""
