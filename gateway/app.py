@@ -23,6 +23,7 @@ from gateway.demo import demo_files
 from gateway.lifetime import Lifetime
 from gateway.messages import MessageService
 from gateway.metrics import Metrics
+from gateway.presence import Presence
 from gateway.rate_limits import RateLimits
 from gateway.realtime import Realtime, create_server
 from gateway.realtime.recovery import Recovery
@@ -92,6 +93,9 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
         live_ttl=config.user_ttl,
         node=config.node_name,
     )
+    webhooks = Webhooks(hooks=config.webhooks, max_attempts=config.webhook_max_attempts, metrics=metrics)
+    presence = Presence(config=config, store=store, fanout=realtime, webhooks=webhooks, metrics=metrics)
+    realtime.presence = presence
     rate_limits = RateLimits(config=config, realtime=realtime, metrics=metrics)
     tickets = TicketService(store=store, ttl=config.ticket_ttl, leeway=config.leeway)
     sessions = SessionService(config=config, store=store, tokens=tokens, fanout=realtime)
@@ -107,6 +111,7 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
         lifetime=lifetime,
         realtime=realtime,
         metrics=metrics,
+        presence=presence,
     )
 
     app[keys.config] = config
@@ -120,7 +125,8 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
     app[keys.rate_limits] = rate_limits
     app[keys.sessions] = sessions
     app[keys.openapi] = build_openapi(version=__version__)
-    app[keys.webhooks] = Webhooks(hooks=config.webhooks, max_attempts=config.webhook_max_attempts, metrics=metrics)
+    app[keys.webhooks] = webhooks
+    app[keys.presence] = presence
 
     messages = MessageService(store=store, fanout=realtime, maxlen=config.upstream_maxlen)
     SocketHandlers(
@@ -130,6 +136,7 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
         realtime=realtime,
         metrics=metrics,
         rate_limits=rate_limits,
+        presence=presence,
     ).register(sio)
     sio.attach(app, socketio_path=SOCKETIO_PATH)
     http.setup_routes(app)
@@ -150,6 +157,7 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
             _rate_limits_ctx,
             _webhooks_ctx,
             _realtime_ctx,
+            _presence_ctx,
         ]
     )
     if operator_ui is not None:
@@ -225,6 +233,13 @@ async def _realtime_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[keys.realtime].start()
     yield
     await app[keys.realtime].stop()
+
+
+async def _presence_ctx(app: web.Application) -> AsyncIterator[None]:
+    # After realtime (it publishes user_joined / user_left) and so stopped before it.
+    await app[keys.presence].start()
+    yield
+    await app[keys.presence].stop()
 
 
 async def _going_away(app: web.Application) -> None:

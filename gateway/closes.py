@@ -34,3 +34,5 @@ REFRESH_REUSE = Close(4011, "refresh_reuse")
 DISCONNECTED = Close(4011, "disconnected")
 SLOW_CONSUMER = Close(4012, "slow_consumer")  # more than max_buffered_bytes sent and not read
 RATE_LIMITED = Close(4029, "rate_limited")  # a socket that stayed over client_event_rate
+# A deferred socket whose `authenticate` would pass max_connections_per_user.
+TOO_MANY_CONNECTIONS = Close(4029, "too_many_connections")

@@ -133,6 +133,17 @@ class Config:
     # it is given up (gateway/webhooks.py).
     webhooks: tuple[WebhookConfig, ...] = ()
     webhook_max_attempts: int = 8
+    # Presence (gateway/presence.py, docs/presence.md): rooms whose members are
+    # counted cluster-wide beside every user:<sub> (glob patterns over
+    # room:<name>); how long a node's counts outlive its last heartbeat (a
+    # killed node's ghosts last at most this); how long an emptied room or a
+    # user's last connection waits before room.vacated / user.offline (a
+    # reconnect within it makes neither); connections one user may hold over
+    # the cluster (0: no limit).
+    presence_rooms: tuple[str, ...] = ()
+    presence_ttl: float = 30
+    offline_grace: float = 5
+    max_connections_per_user: int = 0
     demo: bool = False
     # The operator UI at /admin/ (the Socket.IO Admin UI, gateway/admin_ui.py):
     # logs in with admin_token; --demo turns it on unless it is set.
@@ -247,6 +258,12 @@ class ConfigSchema(Schema):
     issuers = fields.List(fields.Nested(IssuerSchema))
     webhooks = fields.List(fields.Nested(WebhookSchema))
     webhook_max_attempts = fields.Integer(validate=validate.Range(min=1))
+    presence_rooms = fields.List(
+        fields.String(validate=validate.Regexp(r"^room:\S+\Z", error="must be room:<pattern>"))
+    )
+    presence_ttl = fields.Float(validate=validate.Range(min=1, max=3600))
+    offline_grace = fields.Float(validate=validate.Range(min=0, max=3600))
+    max_connections_per_user = fields.Integer(validate=validate.Range(min=0))
     demo = fields.Boolean()
     admin_ui = fields.Boolean()
     # Sent as the X-Ticketgate-Node header and in Redis keys: visible ASCII only.
@@ -283,7 +300,7 @@ class ConfigSchema(Schema):
             data["signing_key"] = _load_signing_key(data["signing_key"])
         if data.get("secret") is not None:
             data["secret"] = _decode_secret(data["secret"])
-        for name in ("allowed_origins", "issuers", "public_rooms", "trusted_proxies", "webhooks"):
+        for name in ("allowed_origins", "issuers", "presence_rooms", "public_rooms", "trusted_proxies", "webhooks"):
             if name in data:
                 data[name] = tuple(data[name])
         return data
@@ -332,7 +349,7 @@ def _read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-_LIST_SETTINGS = {"allowed_origins", "issuers", "public_rooms", "trusted_proxies", "webhooks"}
+_LIST_SETTINGS = {"allowed_origins", "issuers", "presence_rooms", "public_rooms", "trusted_proxies", "webhooks"}
 
 
 def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -88,6 +88,18 @@ class RateLimited(GatewayError):
         self.retry_after = retry_after
 
 
+class TooManyConnections(RateLimited):
+    """The user holds ``max_connections_per_user`` connections over the cluster already."""
+
+    reason = "too_many_connections"
+
+
+class NotAMember(Forbidden):
+    """Presence of a room the socket is not in."""
+
+    reason = "not_a_member"
+
+
 class SessionNotFound(GatewayError):
     reason = "session_not_found"
 

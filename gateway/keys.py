@@ -12,6 +12,7 @@ from gateway.auth.tokens import TokenService
 from gateway.config import Config
 from gateway.lifetime import Lifetime
 from gateway.metrics import Metrics
+from gateway.presence import Presence
 from gateway.rate_limits import RateLimits
 from gateway.realtime import Realtime
 from gateway.store import Store
@@ -30,3 +31,4 @@ rate_limits = web.AppKey("rate_limits", RateLimits)
 http_client = web.AppKey("http_client", aiohttp.ClientSession)
 openapi = web.AppKey("openapi", dict)
 webhooks = web.AppKey("webhooks", Webhooks)
+presence = web.AppKey("presence", Presence)

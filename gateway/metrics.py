@@ -42,11 +42,12 @@ class Metrics:
         )
         self.rate_limited = Counter(
             "ticketgate_rate_limited",
-            "Actions refused by a rate limit: client_event (per socket), http and connect (per address)",
+            "Actions refused by a rate limit: client_event (per socket), http and connect (per address), "
+            "connections_per_user (max_connections_per_user, over the cluster)",
             ["limit"],
             registry=self.registry,
         )
-        for limit in ("client_event", "http", "connect"):
+        for limit in ("client_event", "http", "connect", "connections_per_user"):
             self.rate_limited.labels(limit)  # listed at 0 from the start
         self.disconnects = Counter(
             "ticketgate_admin_disconnects", "Sockets closed by the disconnect API", ["reason"], registry=self.registry

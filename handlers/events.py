@@ -26,12 +26,14 @@ from gateway.errors import (
     Forbidden,
     GatewayError,
     InvalidRequest,
+    NotAMember,
     PayloadTooLarge,
     RateLimited,
 )
 from gateway.formats import iso_z
 from gateway.messages import MessageService, may_join
 from gateway.metrics import Metrics
+from gateway.presence import Presence
 from gateway.rate_limits import RateLimits
 from gateway.realtime import Conn, Realtime, Server
 from handlers import schemas
@@ -77,8 +79,10 @@ class SocketHandlers:
         realtime: Realtime,
         metrics: Metrics,
         rate_limits: RateLimits,
+        presence: Presence,
     ) -> None:
         self._config = config
+        self._presence = presence
         self._admission = admission
         self._messages = messages
         self._realtime = realtime
@@ -95,6 +99,7 @@ class SocketHandlers:
         sio.on("leave", self._handler("leave", schemas.RoomEvent, self._leave))
         sio.on("refresh", self._handler("refresh", schemas.RefreshEvent, self._refresh))
         sio.on("message", self._handler("message", schemas.MessageEvent, self._message))
+        sio.on("presence", self._handler("presence", schemas.PresenceEvent, self._presence_page))
         sio.on("*", self.unknown_event)
 
     # -- connect / disconnect ---------------------------------------------------
@@ -195,6 +200,13 @@ class SocketHandlers:
     async def _leave(self, conn: Conn, payload: dict[str, Any]) -> Ack:
         await self._realtime.leave(conn.sid, payload["room"])
         return {"ok": True, "room": payload["room"]}
+
+    async def _presence_page(self, conn: Conn, payload: dict[str, Any]) -> Ack:
+        room = payload["room"]
+        if room not in self._realtime.rooms_of(conn.sid):
+            raise NotAMember("join the room first")
+        page = await self._presence.page(room, cursor=payload.get("cursor"))
+        return {"ok": True, **page.body()}
 
     async def _message(self, conn: Conn, payload: dict[str, Any]) -> Ack:
         room, data = payload["room"], payload["data"]

@@ -315,6 +315,23 @@ async def disconnect_user(request: web.Request) -> web.Response:
     return web.json_response({"disconnected": closed})
 
 
+async def user_presence(request: web.Request) -> web.Response:
+    require_admin(request)
+    sub = schemas.load(schemas.UserPath, {"sub": request.match_info["sub"]})["sub"]
+    connections = await request.app[keys.presence].user(sub)
+    return web.json_response({"sub": sub, "online": connections > 0, "connections": connections})
+
+
+async def room_presence(request: web.Request) -> web.Response:
+    require_admin(request)
+    room = schemas.load(schemas.RoomPath, {"room": request.match_info["room"]})["room"]
+    if len(request.query) != len(set(request.query)):
+        raise InvalidRequest("a query parameter is given more than once")
+    query = schemas.load(schemas.PresenceQuery, dict(request.query))
+    page = await request.app[keys.presence].page(room, cursor=query.get("cursor"), limit=query["limit"])
+    return web.json_response(page.body())
+
+
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -327,3 +344,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/auth/initiate", initiate_session)
     app.router.add_post("/auth/verify", verify_session)
     app.router.add_post("/api/users/{sub}/disconnect", disconnect_user)
+    app.router.add_get("/api/users/{sub}", user_presence)
+    # A room's name may hold a slash: the path's end says where it stops.
+    app.router.add_get("/api/rooms/{room:.+}/presence", room_presence)

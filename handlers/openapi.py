@@ -34,6 +34,8 @@ def build_openapi(*, version: str) -> dict[str, Any]:
         "TicketResponse",
         "PublishRequest",
         "PublishResponse",
+        "UserPresenceResponse",
+        "RoomPresenceResponse",
     ):
         spec.components.schema(name, schema=getattr(schemas, name))
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -137,6 +139,49 @@ def build_openapi(*, version: str) -> dict[str, Any]:
                 "parameters": [{"name": "sub", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "requestBody": {"required": False, "content": {"application/json": {"schema": "DisconnectRequest"}}},
                 "responses": {"200": _json("DisconnectResponse", "sockets closed"), "400": _ERRORS, "401": _ERRORS},
+            }
+        },
+    )
+    spec.path(
+        "/api/users/{sub}",
+        operations={
+            "get": {
+                "summary": "Whether a user is online, and their connections over the whole cluster",
+                "security": bearer,
+                "parameters": [{"name": "sub", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": _json("UserPresenceResponse", "the user's presence (an unknown sub is offline)"),
+                    "400": _ERRORS,
+                    "401": _ERRORS,
+                    "403": _ERRORS,
+                    "503": _ERRORS,
+                },
+            }
+        },
+    )
+    spec.path(
+        "/api/rooms/{room}/presence",
+        operations={
+            "get": {
+                "summary": "A page of a tracked room's members and their connections, in order of sub",
+                "security": bearer,
+                "parameters": [
+                    {
+                        "name": "room",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "room:<name>, tracked (presence_rooms)",
+                    },
+                    {"in": "query", "schema": "PresenceQuery"},
+                ],
+                "responses": {
+                    "200": _json("RoomPresenceResponse", "a page: limit members unless it is the last"),
+                    "400": _ERRORS,
+                    "401": _ERRORS,
+                    "403": _ERRORS,
+                    "503": _ERRORS,
+                },
             }
         },
     )

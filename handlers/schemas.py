@@ -222,6 +222,13 @@ class MessageEvent(Schema):
     token = Text(validate=validate.Length(min=1))
 
 
+class PresenceEvent(Schema):
+    """``presence``: the first page of a tracked room's members (or the page after ``cursor``)."""
+
+    room = Text(required=True, validate=validate.Regexp(r"^room:[^\s]{1,200}\Z", error="must be room:<name>"))
+    cursor = Text(validate=validate.Length(min=1, max=400))
+
+
 class RefreshEvent(Schema):
     refreshToken = Text(required=True, validate=validate.Length(min=1, max=200))
 
@@ -237,6 +244,40 @@ class UserPath(Schema):
     """The ``{sub}`` of ``/api/users/{sub}/...``."""
 
     sub = Text(required=True, validate=_ID)
+
+
+class RoomPath(Schema):
+    """The ``{room}`` of ``/api/rooms/{room}/...``: the full ``room:<name>``."""
+
+    room = Text(required=True, validate=validate.Regexp(r"^room:[^\s]{1,200}\Z", error="must be room:<name>"))
+
+
+class PresenceQuery(Schema):
+    """``GET /api/rooms/{room}/presence``'s query string."""
+
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    cursor = Text(validate=validate.Length(min=1, max=400), metadata={"description": "the last page's cursor"})
+
+
+class UserPresenceResponse(Schema):
+    sub = fields.String(required=True)
+    online = fields.Boolean(required=True)
+    connections = fields.Integer(required=True, metadata={"description": "over the whole cluster"})
+
+
+class PresenceMember(Schema):
+    sub = fields.String(required=True)
+    connections = fields.Integer(required=True)
+
+
+class RoomPresenceResponse(Schema):
+    room = fields.String(required=True)
+    users = fields.Integer(required=True)
+    connections = fields.Integer(required=True)
+    members = fields.List(fields.Nested(PresenceMember), required=True)
+    cursor = fields.String(
+        required=True, allow_none=True, metadata={"description": "the next page's; null on the last page"}
+    )
 
 
 class DisconnectRequest(Schema):

@@ -430,9 +430,9 @@ def write_toml(path: Path, settings: dict[str, Any]) -> Path:
     lines = []
     tables = []
     for name, value in settings.items():
-        if name == "issuers":
-            for issuer in value:
-                tables.append("[[issuers]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in issuer.items()))
+        if name in ("issuers", "webhooks"):  # arrays of tables
+            for table in value:
+                tables.append(f"[[{name}]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items()))
         else:
             lines.append(f"{name} = {toml_value(value)}")
     path.write_text("\n".join(lines) + "\n\n" + "\n".join(tables))

@@ -36,10 +36,12 @@ from gateway.errors import (
     RateLimited,
     Revoked,
     StoreUnavailable,
+    TooManyConnections,
 )
 from gateway.formats import iso_z
 from gateway.lifetime import Lifetime
 from gateway.metrics import Metrics
+from gateway.presence import Presence
 from gateway.realtime import Conn, Realtime
 from gateway.realtime.recovery import Restored
 from gateway.realtime.registry import Held
@@ -117,8 +119,10 @@ class Admission:
         lifetime: Lifetime,
         realtime: Realtime,
         metrics: Metrics,
+        presence: Presence | None = None,
     ) -> None:
         self._config = config
+        self._presence = presence
         self._store = store
         self._tokens = tokens
         self._tickets = tickets
@@ -367,7 +371,13 @@ class Admission:
             raise (AmbiguousCredentials if kinds else MissingCredentials)("send exactly one of token or ticket")
         kind = kinds[0]
         if conn.pending:
-            principal, welcome = await self._admit_user(conn, kind, fields)
+            try:
+                principal, welcome = await self._admit_user(conn, kind, fields)
+            except TooManyConnections:
+                # Admitted half-way (no longer pending, not in its user's room): it goes.
+                logger.info("closing sid=%s reason=too_many_connections", conn.sid)
+                self._realtime.scheduler.soon(self._realtime.close, conn.sid, closes.TOO_MANY_CONNECTIONS)
+                raise
             await welcome()
             return principal, 0
         # Re-authentication of a live socket (before or after its expiry). The sub
@@ -435,6 +445,8 @@ class Admission:
         if recovery is not None:
             # Recoverable unless closed on purpose: by the gateway (`closing` sent) or by its client.
             await recovery.ended(conn, lost=not (conn.closed or by_client or conn.connecting))
+        if self._presence is not None:
+            await self._presence.left(conn)
         if not conn.pending:
             self._metrics.connected_sockets.dec()
             await self._lifetime.stop(conn)

@@ -40,6 +40,15 @@ class RawSocket(Protocol):
     async def close(self, close: Close) -> None: ...
 
 
+class Tracker(Protocol):
+    """Counts sockets in rooms (gateway/presence.py): told of every join and leave."""
+
+    async def enter(self, conn: Conn, room: str) -> None:
+        """``conn`` joins ``room``; may refuse it (a GatewayError) before it is in."""
+
+    async def leave(self, conn: Conn, room: str) -> None: ...
+
+
 class Realtime:
     """This node's sockets (``registry``), and every emit and close the gateway makes.
 
@@ -56,6 +65,7 @@ class Realtime:
         self.raw: dict[str, dict[str, RawSocket]] = {}
         self.draining = False
         self.recovery: Recovery | None = None  # set by create_app
+        self.presence: Tracker | None = None  # set by create_app
         manager = sio.manager
         if not isinstance(manager, LocalFanout):
             raise TypeError("the Socket.IO client manager must be a LocalFanout")
@@ -113,16 +123,27 @@ class Realtime:
 
     async def join(self, sid: str, room: str) -> None:
         """Put ``sid`` in ``room``; once this returns, every emit to the room reaches
-        it (StoreUnavailable if the cluster did not confirm the room's channel)."""
-        await self.sio.enter_room(sid, room)
-        await self._manager.ready(room)
+        it (StoreUnavailable if the cluster did not confirm the room's channel).
+        Presence counts it first, and may refuse it (the user's connection limit)."""
         conn = self.registry.get(sid)
+        presence = self.presence if conn is not None else None
+        if conn is not None and presence is not None:
+            await presence.enter(conn, room)
+        try:
+            await self.sio.enter_room(sid, room)
+            await self._manager.ready(room)
+        except Exception:
+            if conn is not None and presence is not None:
+                await presence.leave(conn, room)
+            raise
         if conn is not None and self.recovery is not None:
             await self.recovery.track(conn, room)
 
     async def leave(self, sid: str, room: str) -> None:
         await self.sio.leave_room(sid, room)
         conn = self.registry.get(sid)
+        if conn is not None and self.presence is not None:
+            await self.presence.leave(conn, room)
         if conn is not None and self.recovery is not None:
             await self.recovery.untrack(conn, room)
 

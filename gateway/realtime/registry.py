@@ -55,6 +55,8 @@ class Conn:
     pid: str | None = None
     rooms: list[tuple[str, str] | None] = field(default_factory=list)
     positions: dict[int, str] = field(default_factory=dict)
+    # Rooms this socket is counted in by presence (gateway/presence.py), in the order it entered them.
+    presence: list[str] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     warn_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     refresh_timer: asyncio.TimerHandle | None = field(default=None, repr=False)

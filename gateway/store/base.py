@@ -30,6 +30,36 @@ class Admission:
     parked: list[str] = field(default_factory=list)  # held events waiting for this user
 
 
+@dataclass(frozen=True, kw_only=True)
+class PresenceChange:
+    """What one presence operation did to a room, decided in the store, once
+    for the whole cluster: the node whose call reports a transition is the one
+    that acts on it (events, webhooks)."""
+
+    room: str
+    entered: tuple[str, ...] = ()  # subs whose first connection to the room came
+    left: tuple[str, ...] = ()  # subs whose last connection went
+    occupied: bool = False  # the room's first connection (not within offline_grace of its vacating)
+    vacated: bool = False  # its last one went offline_grace ago, and none came back since
+    refused: bool = False  # presence_enter: the sub already holds ``limit`` connections
+    lost: bool = False  # presence_beat: this node's part was gone (reaped, or lost by Redis)
+    connections: int = 0  # the room's connections afterwards
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.entered or self.left or self.occupied or self.vacated)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PresencePage:
+    """Members of a room in order of their sub, after ``presence_read``'s ``after``."""
+
+    users: int  # members of the room
+    connections: int  # their connections
+    members: list[tuple[str, int]]  # (sub, connections)
+    more: bool  # members follow the last one of this page
+
+
 class Store(abc.ABC):
     """Every operation here has a caller among the services; add one only when a
     feature needs it. Key names come from ``gateway.store.keys``."""
@@ -152,6 +182,51 @@ class Store(abc.ABC):
         the old token is marked rotated and ``new_key`` created with ``fields``
         (both and the family live ``ttl``). The old record is returned.
         """
+
+    # Presence (docs/presence.md): per room (``user:<sub>`` and tracked rooms),
+    # each member's connections over the cluster. A node owns its part of a room
+    # under a lease of ``ttl`` seconds that its heartbeat renews
+    # (``presence_beat``); every operation first drops the parts of nodes whose
+    # lease ran out. A room left empty is *vacating* for ``grace`` seconds: a
+    # connection within them cancels it (no vacated, no occupied), else
+    # ``presence_sweep`` reports it vacated. Every operation on a room is one
+    # atomic step (one round trip on Redis, plus one when it starts a lease or
+    # a vacate: the work that falls due later is indexed).
+
+    @abc.abstractmethod
+    async def presence_enter(
+        self, room: str, sub: str, *, node: str, ttl: float, grace: float, limit: int = 0
+    ) -> PresenceChange:
+        """One more connection of ``sub`` on ``node``; with ``limit`` > 0, refused
+        (``refused``, nothing changed) if ``sub`` holds ``limit`` already."""
+
+    @abc.abstractmethod
+    async def presence_leave(self, room: str, sub: str, *, node: str, ttl: float, grace: float) -> PresenceChange:
+        """One connection of ``sub`` on ``node`` fewer."""
+
+    @abc.abstractmethod
+    async def presence_beat(self, rooms: Sequence[str], *, node: str, ttl: float, grace: float) -> list[PresenceChange]:
+        """Renew ``node``'s leases in ``rooms``; a room where it held nothing any
+        more comes back ``lost`` (call ``presence_sync`` for it)."""
+
+    @abc.abstractmethod
+    async def presence_sync(
+        self, room: str, held: Mapping[str, int], *, node: str, ttl: float, grace: float
+    ) -> PresenceChange:
+        """Make ``node``'s part of ``room`` exactly ``held`` (sub -> connections)."""
+
+    @abc.abstractmethod
+    async def presence_read(
+        self, room: str, *, after: str | None, limit: int, ttl: float, grace: float
+    ) -> tuple[PresencePage, PresenceChange]:
+        """Up to ``limit`` members with subs after ``after`` (None: from the first),
+        and what dropping dead nodes' parts changed on the way."""
+
+    @abc.abstractmethod
+    async def presence_sweep(self, *, ttl: float, grace: float, batch: int = 100) -> list[PresenceChange]:
+        """Do the presence work that is due, at most ``batch`` items: rooms where
+        a lease ran out, vacates whose grace is over. Each item is done by one
+        caller of the cluster (claimed for ``ttl`` seconds, then retried)."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -111,3 +111,17 @@ def recovery(pid: str) -> str:
 def node(name: str) -> str:
     """A node's heartbeat: when it last said it was alive (unix seconds)."""
     return f"node:{name}"
+
+
+def presence(room: str) -> list[str]:
+    """A room's presence (``user:<sub>`` or a tracked ``room:<name>``), in the
+    order lua/presence.lua takes them: its members (sorted by name), their
+    connection counts, each node's part of them, the nodes' leases, and the
+    room's totals. The room is their hash tag, as in its history's key."""
+    base = f"presence:{{{room}}}"
+    return [f"{base}:members", f"{base}:counts", f"{base}:owned", f"{base}:leases", f"{base}:meta"]
+
+
+# Presence work that falls due at a time: a node's lease in a room running out,
+# a pending room.vacated / user.offline at the end of offline_grace (ZSET).
+PRESENCE_DUE = "presence:due"

@@ -8,14 +8,25 @@ its read and its write, so each is atomic on the event loop.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from gateway.store import keys
-from gateway.store.base import Admission, Attempt, Rotation, Store, check_one_slot, check_ttl
+from gateway.store.base import (
+    Admission,
+    Attempt,
+    PresenceChange,
+    PresencePage,
+    Rotation,
+    Store,
+    check_one_slot,
+    check_ttl,
+)
 from gateway.store.keys import PREFIX
 
 Value = str | dict[str, str] | list[str] | deque[tuple[str, dict[str, str]]]
@@ -27,12 +38,82 @@ def _stream_order(entry_id: str) -> tuple[int, int]:
     return int(millis), int(seq or 0)
 
 
+@dataclass(kw_only=True)
+class _Room:
+    """A room's presence, as lua/presence.lua keeps it in five Redis keys."""
+
+    owned: dict[tuple[str, str], int] = field(default_factory=dict)  # (node, sub) -> connections
+    counts: dict[str, int] = field(default_factory=dict)  # sub -> connections
+    members: list[str] = field(default_factory=list)  # the subs, sorted (pages)
+    leases: dict[str, float] = field(default_factory=dict)  # node -> lease deadline
+    conns: int = 0
+    vacating: float | None = None  # deadline of a pending vacate
+    expires: float = float("inf")
+
+
+class _Transitions:
+    """One operation on a room: its net transitions, as the script counts them."""
+
+    def __init__(self, room: _Room) -> None:
+        self.room = room
+        self.conns0 = room.conns
+        self.marker0 = room.vacating
+        self.entered: dict[str, None] = {}
+        self.left: dict[str, None] = {}
+
+    def set(self, node: str, sub: str, n: int) -> None:
+        room = self.room
+        had = room.owned.get((node, sub), 0)
+        n = max(0, n)
+        if n == had:
+            return
+        if n == 0:
+            del room.owned[(node, sub)]
+        else:
+            room.owned[(node, sub)] = n
+        delta = n - had
+        total = room.counts.get(sub, 0) + delta
+        if total <= 0:
+            room.counts.pop(sub, None)
+            index = bisect.bisect_left(room.members, sub)
+            if index < len(room.members) and room.members[index] == sub:
+                del room.members[index]
+            if sub in self.entered:
+                del self.entered[sub]
+            else:
+                self.left[sub] = None
+        else:
+            room.counts[sub] = total
+            if total == delta:
+                bisect.insort(room.members, sub)
+                if sub in self.left:
+                    del self.left[sub]
+                else:
+                    self.entered[sub] = None
+        room.conns = max(0, room.conns + delta)
+
+    def contribution(self, node: str) -> dict[str, int]:
+        return {sub: n for (owner, sub), n in self.room.owned.items() if owner == node}
+
+    def reap(self, now: float) -> None:
+        for node, deadline in list(self.room.leases.items()):
+            if deadline < now:
+                for sub in self.contribution(node):
+                    self.set(node, sub, 0)
+                del self.room.leases[node]
+
+    def holds(self, node: str) -> bool:
+        return any(owner == node for owner, _ in self.room.owned)
+
+
 class MemoryStore(Store):
     def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
         self._clock = clock or time.monotonic
         self._data: dict[str, tuple[Value, float]] = {}
         self._expiries: list[tuple[float, str]] = []
         self._stream_seq = itertools.count(1)
+        self._presence: dict[str, _Room] = {}
+        self._due: dict[tuple[str, str, str], float] = {}  # (kind, detail, room) -> when, as on Redis
 
     def __len__(self) -> int:
         return len(self._data)
@@ -215,6 +296,139 @@ class MemoryStore(Store):
         self._set(family_key, family, ttl)
         return "rotated", dict(record)
 
+    # -- presence: lua/presence.lua's steps, on the event loop (atomic: no await) ----------
+
+    def _presence_room(self, room: str, now: float) -> _Room:
+        found = self._presence.get(room)
+        if found is None or found.expires <= now:
+            found = self._presence[room] = _Room()
+        return found
+
+    def _finish(
+        self, name: str, op: _Transitions, now: float, *, ttl: float, grace: float, settle: float | None = None
+    ) -> PresenceChange:
+        room = op.room
+        occupied = vacated = False
+        if op.conns0 == 0 and room.conns > 0:
+            if op.marker0 is not None:
+                room.vacating = None
+            else:
+                occupied = True
+        elif op.conns0 > 0 and room.conns == 0:
+            if grace > 0:
+                room.vacating = now + grace
+                self._due[("v", repr(room.vacating), name)] = room.vacating
+            else:
+                vacated = True
+        elif settle is not None and room.conns == 0 and room.vacating == settle and settle <= now:
+            room.vacating = None
+            vacated = True
+        if room.conns == 0 and room.vacating is None:
+            self._presence.pop(name, None)
+        else:
+            room.expires = now + 2 * ttl + grace
+        return PresenceChange(
+            room=name,
+            entered=tuple(op.entered),
+            left=tuple(op.left),
+            occupied=occupied,
+            vacated=vacated,
+            connections=room.conns,
+        )
+
+    def _lease(self, name: str, room: _Room, node: str, now: float, ttl: float) -> None:
+        room.leases[node] = now + ttl
+        self._due[("l", node, name)] = now + ttl
+
+    async def presence_enter(
+        self, room: str, sub: str, *, node: str, ttl: float, grace: float, limit: int = 0
+    ) -> PresenceChange:
+        check_ttl(ttl)
+        now = self._clock()
+        op = _Transitions(self._presence_room(room, now))
+        op.reap(now)
+        if limit > 0 and op.room.counts.get(sub, 0) >= limit:
+            change = self._finish(room, op, now, ttl=ttl, grace=grace)
+            return replace(change, refused=True)
+        op.set(node, sub, op.room.owned.get((node, sub), 0) + 1)
+        self._lease(room, op.room, node, now, ttl)
+        return self._finish(room, op, now, ttl=ttl, grace=grace)
+
+    async def presence_leave(self, room: str, sub: str, *, node: str, ttl: float, grace: float) -> PresenceChange:
+        check_ttl(ttl)
+        now = self._clock()
+        op = _Transitions(self._presence_room(room, now))
+        op.reap(now)
+        op.set(node, sub, op.room.owned.get((node, sub), 0) - 1)
+        if not op.holds(node):
+            op.room.leases.pop(node, None)
+        return self._finish(room, op, now, ttl=ttl, grace=grace)
+
+    async def presence_beat(self, rooms: Sequence[str], *, node: str, ttl: float, grace: float) -> list[PresenceChange]:
+        check_ttl(ttl)
+        changes = []
+        for name in rooms:
+            now = self._clock()
+            op = _Transitions(self._presence_room(name, now))
+            op.reap(now)
+            lost = node not in op.room.leases
+            if not lost:
+                self._lease(name, op.room, node, now, ttl)
+            change = self._finish(name, op, now, ttl=ttl, grace=grace)
+            changes.append(replace(change, lost=lost))
+        return changes
+
+    async def presence_sync(
+        self, room: str, held: Mapping[str, int], *, node: str, ttl: float, grace: float
+    ) -> PresenceChange:
+        check_ttl(ttl)
+        now = self._clock()
+        op = _Transitions(self._presence_room(room, now))
+        op.reap(now)
+        for sub in op.contribution(node):
+            if sub not in held:
+                op.set(node, sub, 0)
+        for sub, n in held.items():
+            op.set(node, sub, n)
+        if op.holds(node):
+            self._lease(room, op.room, node, now, ttl)
+        else:
+            op.room.leases.pop(node, None)
+        return self._finish(room, op, now, ttl=ttl, grace=grace)
+
+    async def presence_read(
+        self, room: str, *, after: str | None, limit: int, ttl: float, grace: float
+    ) -> tuple[PresencePage, PresenceChange]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        now = self._clock()
+        op = _Transitions(self._presence_room(room, now))
+        op.reap(now)
+        start = 0 if after is None else bisect.bisect_right(op.room.members, after)
+        subs = op.room.members[start : start + limit + 1]
+        members = [(sub, op.room.counts[sub]) for sub in subs]
+        users = len(op.room.members)
+        change = self._finish(room, op, now, ttl=ttl, grace=grace)
+        page = PresencePage(
+            users=users, connections=change.connections, members=members[:limit], more=len(members) > limit
+        )
+        return page, change
+
+    async def presence_sweep(self, *, ttl: float, grace: float, batch: int = 100) -> list[PresenceChange]:
+        now = self._clock()
+        due = sorted((when, entry) for entry, when in self._due.items() if when <= now)[:batch]
+        changes = []
+        for _, entry in due:
+            del self._due[entry]
+            kind, detail, name = entry
+            op = _Transitions(self._presence_room(name, now))
+            op.reap(now)
+            settle = float(detail) if kind == "v" else None
+            changes.append(self._finish(name, op, now, ttl=ttl, grace=grace, settle=settle))
+        return changes
+
     async def close(self) -> None:
+        self._presence.clear()
+        self._due.clear()
         self._data.clear()
         self._expiries.clear()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
@@ -25,7 +26,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway.errors import StoreUnavailable
 from gateway.redisconn import Client, RedisTarget
 from gateway.store import keys
-from gateway.store.base import Admission, Attempt, Rotation, Store, check_one_slot, check_ttl
+from gateway.store.base import (
+    Admission,
+    Attempt,
+    PresenceChange,
+    PresencePage,
+    Rotation,
+    Store,
+    check_one_slot,
+    check_ttl,
+)
 from gateway.store.keys import PREFIX
 
 T = TypeVar("T")
@@ -97,6 +107,8 @@ class RedisStore(Store):
         self._disconnect_user = script("disconnect_user")
         self._park = script("park")
         self._rotate = script("rotate")
+        self._presence = script("presence")
+        self._presence_due = script("presence_due")
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -214,5 +226,129 @@ class RedisStore(Store):
         outcome = cast(Rotation, _text(result[0]))
         return outcome, _pairs(result[1]) if len(result) > 1 else None
 
+    # -- presence ------------------------------------------------------------------
+
+    async def _room(
+        self, room: str, op: str, *, node: str, ttl: float, grace: float, args: Sequence[Any] = ()
+    ) -> tuple[PresenceChange, list[Any], int]:
+        """Run lua/presence.lua on ``room``: the change, the page (read) and Redis's time (ms)."""
+        names = [PREFIX + key for key in keys.presence(room)]
+        check_one_slot(names)
+        argv: list[Any] = [op, node, _ms(ttl), _presence_keep(ttl, grace), int(grace * 1000), *args]
+        flags, entered, left, page = await self._call(lambda: self._presence(keys=names, args=argv))
+        refused, occupied, vacating, vacated, new_lease, lost, conns, _users, now = flags
+        change = PresenceChange(
+            room=room,
+            entered=tuple(str(_text(sub)) for sub in entered),
+            left=tuple(str(_text(sub)) for sub in left),
+            occupied=bool(occupied),
+            vacated=bool(vacated),
+            refused=bool(refused),
+            lost=bool(lost),
+            connections=int(conns),
+        )
+        due: dict[str, int] = {}
+        if new_lease:
+            due[_due_entry("l", node, room)] = int(now) + _ms(ttl)
+        if vacating:
+            due[_due_entry("v", str(_text(vacating)), room)] = int(vacating)
+        if due:
+            await self._index(due, ttl=ttl, grace=grace)
+        return change, [*flags, page], int(now)
+
+    async def _index(self, due: Mapping[str, int], *, ttl: float, grace: float) -> None:
+        """Note work that falls due (entry -> unix ms) in the index presence_sweep reads."""
+        name = PREFIX + keys.PRESENCE_DUE
+        keep = _presence_keep(ttl, grace)
+
+        async def write() -> None:
+            # A key of its own slot: not in the room's script (Redis Cluster), one more command.
+            await self._redis.zadd(name, dict(due))
+            await self._redis.pexpire(name, keep)
+
+        await self._call(write)
+
+    async def presence_enter(
+        self, room: str, sub: str, *, node: str, ttl: float, grace: float, limit: int = 0
+    ) -> PresenceChange:
+        change, _, _ = await self._room(room, "enter", node=node, ttl=ttl, grace=grace, args=[sub, limit])
+        return change
+
+    async def presence_leave(self, room: str, sub: str, *, node: str, ttl: float, grace: float) -> PresenceChange:
+        change, _, _ = await self._room(room, "leave", node=node, ttl=ttl, grace=grace, args=[sub])
+        return change
+
+    async def presence_beat(self, rooms: Sequence[str], *, node: str, ttl: float, grace: float) -> list[PresenceChange]:
+        changes: list[PresenceChange] = []
+        due: dict[str, int] = {}
+        # A bounded number at once: a node with many rooms does not take every pooled connection.
+        for start in range(0, len(rooms), BEAT_CONCURRENCY):
+            chunk = rooms[start : start + BEAT_CONCURRENCY]
+            results = await asyncio.gather(
+                *(self._room(room, "beat", node=node, ttl=ttl, grace=grace) for room in chunk)
+            )
+            for room, (change, _, now) in zip(chunk, results, strict=True):
+                changes.append(change)
+                if not change.lost:
+                    due[_due_entry("l", node, room)] = now + _ms(ttl)
+        if due:
+            await self._index(due, ttl=ttl, grace=grace)
+        return changes
+
+    async def presence_sync(
+        self, room: str, held: Mapping[str, int], *, node: str, ttl: float, grace: float
+    ) -> PresenceChange:
+        args: list[Any] = []
+        for sub, count in held.items():
+            args += [sub, count]
+        change, _, _ = await self._room(room, "sync", node=node, ttl=ttl, grace=grace, args=args)
+        return change
+
+    async def presence_read(
+        self, room: str, *, after: str | None, limit: int, ttl: float, grace: float
+    ) -> tuple[PresencePage, PresenceChange]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        change, flags, _ = await self._room(room, "read", node="", ttl=ttl, grace=grace, args=[after or "", limit])
+        flat = flags[-1]
+        members = [(str(_text(flat[i])), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        page = PresencePage(
+            users=int(flags[7]), connections=change.connections, members=members[:limit], more=len(members) > limit
+        )
+        return page, change
+
+    async def presence_sweep(self, *, ttl: float, grace: float, batch: int = 100) -> list[PresenceChange]:
+        name = PREFIX + keys.PRESENCE_DUE
+        args = [batch, _ms(ttl), _presence_keep(ttl, grace)]
+        claimed = await self._call(lambda: self._presence_due(keys=[name], args=args))
+        changes: list[PresenceChange] = []
+        done: list[str] = []
+        for raw in claimed:
+            entry = str(_text(raw))
+            kind, detail, room = json.loads(entry)
+            marker = detail if kind == "v" else ""
+            change, _, _ = await self._room(room, "settle", node="", ttl=ttl, grace=grace, args=[marker])
+            changes.append(change)
+            done.append(entry)
+        if done:
+            await self._call(lambda: self._redis.zrem(name, *done))
+        return changes
+
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+BEAT_CONCURRENCY = 64  # presence_beat's scripts in flight at once
+
+
+def _presence_keep(ttl: float, grace: float) -> int:
+    """How long (ms) a room's presence keys outlive their last write: past every
+    lease (``ttl``) and a pending vacate (``grace``), with a margin."""
+    return _ms(2 * ttl + grace)
+
+
+def _due_entry(kind: str, detail: str, room: str) -> str:
+    """An entry of the due index: ``l`` (a node's lease, ``detail`` the node) or
+    ``v`` (a vacate, ``detail`` its deadline), in a room. JSON: rooms and
+    node names may hold any separator."""
+    return json.dumps([kind, detail, room], separators=(",", ":"))
