@@ -15,7 +15,7 @@ from gateway import keys
 from gateway.formats import b64url_decode
 from tests.conftest import Gateway, MakeGateway
 from tests.device import initiate
-from tests.support import ROOT, Probe, RedisServer, http_json, redis_contents, wait_subscribed
+from tests.support import ROOT, Probe, RedisServer, http_json, metric, redis_contents, wait_subscribed
 
 
 async def token_socket(gateway: Gateway, probes: Callable[[], Probe], sub: str = "alice", ttl: float = 600) -> Probe:
@@ -341,7 +341,9 @@ async def test_a_socket_leaving_during_the_hold_parks_its_events(
     for seq in (1, 2):
         await gateway.publish("user:alice", "tick", {"seq": seq})
     await first.close()  # a page reload instead of re-authenticating
-    await asyncio.sleep(0.3)
+    async with asyncio.timeout(5):  # the node has let it go, its held events parked
+        while await metric(gateway.url, "ticketgate_connected_sockets") != 0:
+            await asyncio.sleep(0.02)
     nxt = await token_socket(gateway, probes)
     await gateway.publish("user:alice", "tick", {"seq": 3})
     await nxt.wait_for("tick", count=3)

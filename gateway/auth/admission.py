@@ -441,13 +441,13 @@ class Admission:
         conn = self._realtime.forget(sid)
         if conn is None:
             return False
+        if not conn.pending:  # first: what it held is parked for the user's next socket at once
+            await self._lifetime.stop(conn)
+            self._metrics.connected_sockets.dec()  # once parked: a test (or operator) seeing 0 knows it
         recovery = self._realtime.recovery
         if recovery is not None:
             # Recoverable unless closed on purpose: by the gateway (`closing` sent) or by its client.
             await recovery.ended(conn, lost=not (conn.closed or by_client or conn.connecting))
         if self._presence is not None:
             await self._presence.left(conn)
-        if not conn.pending:
-            self._metrics.connected_sockets.dec()
-            await self._lifetime.stop(conn)
         return True
