@@ -46,13 +46,14 @@ from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage,
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from gateway import closes
 from gateway.config import Config
 from gateway.errors import RateLimited, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.realtime import Conn, Realtime
-from gateway.redisconn import RedisTarget
+from gateway.redisconn import RedisTarget, learn_slots
 from gateway.store.keys import PREFIX
 
 logger = logging.getLogger(__name__)
@@ -149,6 +150,14 @@ class RateLimits:
         self._storage = storage
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._blocked: dict[str, float] = {}  # window key -> until when (time.time()) it is full
+
+    async def warm(self) -> None:
+        """As ``Store.warm``: a Redis Cluster's slot map, before the node listens."""
+        if self._cluster is not None:
+            try:
+                await learn_slots(self._cluster)
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(f"rate limit storage unreachable: {type(exc).__name__}") from None
 
     async def close(self) -> None:
         if self._cluster is not None:

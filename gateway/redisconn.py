@@ -104,3 +104,19 @@ class RedisTarget:
             self.url, max_connections=POOL_SIZE, timeout=POOL_WAIT, health_check_interval=15, **settings
         )
         return aioredis.Redis.from_pool(pool)
+
+
+async def learn_slots(client: Client) -> None:
+    """Have a Redis Cluster client read the cluster's slot map now, before it
+    carries traffic (nothing to do for any other client); a RedisError or
+    OSError if the cluster cannot be reached.
+
+    redis-py's cluster client otherwise reads it on its first command, and the
+    commands sent together with that one (a burst of connects to a node that
+    just started) are routed without it: redirected, they refresh the slot
+    map, which drops connections other commands are opening or using. Those
+    fail with ConnectionError, or with AttributeError or RuntimeError that no
+    caller expects (redis-py 8.1).
+    """
+    if isinstance(client, RedisCluster):
+        await client.initialize()

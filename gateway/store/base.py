@@ -153,6 +153,11 @@ class Store(abc.ABC):
         (both and the family live ``ttl``). The old record is returned.
         """
 
+    async def warm(self) -> None:  # noqa: B027 (optional: only the redis engine has something to do)
+        """Get ready for traffic before the node listens (a Redis Cluster client
+        reads the slot map: ``gateway.redisconn.learn_slots``); StoreUnavailable
+        if Redis cannot be reached, and then the first command does it."""
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections; the store is unusable afterwards."""

@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import StoreUnavailable
-from gateway.redisconn import Client, RedisTarget
+from gateway.redisconn import Client, RedisTarget, learn_slots
 from gateway.store import keys
 from gateway.store.base import Admission, Attempt, Rotation, Store, check_one_slot, check_ttl
 from gateway.store.keys import PREFIX
@@ -213,6 +213,9 @@ class RedisStore(Store):
         result: Any = await self._call(lambda: self._rotate(keys=names, args=args))
         outcome = cast(Rotation, _text(result[0]))
         return outcome, _pairs(result[1]) if len(result) > 1 else None
+
+    async def warm(self) -> None:
+        await self._call(lambda: learn_slots(self._redis))
 
     async def close(self) -> None:
         await self._redis.aclose()
