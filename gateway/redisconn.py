@@ -12,6 +12,8 @@ it takes no client, from ``cluster_options``.)
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -21,6 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from socketio.redis_manager import parse_redis_sentinel_url
 
 CONNECT_TIMEOUT = 1.0
@@ -120,3 +123,24 @@ async def learn_slots(client: Client) -> None:
     """
     if isinstance(client, RedisCluster):
         await client.initialize()
+
+
+class Script:
+    """One Lua script (``source``), run by its SHA-1 (EVALSHA) on the node that holds its keys.
+
+    Not redis-py's ``register_script``: where a node does not know the script
+    (restarted, or never used) that one loads it with SCRIPT LOAD, which a
+    cluster client sends to every primary, so it fails while any shard is
+    down. EVAL on the keys' own node loads it there and runs it in one go.
+    """
+
+    def __init__(self, client: Client, source: str) -> None:
+        self._client = client
+        self._source = source
+        self._sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
+
+    async def __call__(self, *, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await self._client.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self._client.execute_command("EVAL", self._source, len(keys), *keys, *args)
