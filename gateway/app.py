@@ -20,6 +20,7 @@ from gateway.auth.tickets import TicketService
 from gateway.auth.tokens import JWKS_MIN_REFRESH, TokenService
 from gateway.config import Config
 from gateway.demo import demo_files
+from gateway.errors import StoreUnavailable
 from gateway.lifetime import Lifetime
 from gateway.messages import MessageService
 from gateway.metrics import Metrics
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 MAX_FIELD_BYTES = 16 * 1024
 # How long open handlers may finish once sockets have been told `closing`.
 SHUTDOWN_TIMEOUT = 3.0
+WARM_WAIT = 3.0  # seconds a start waits for the Redis clients' warm-up (_warm_ctx)
+WARM_RETRY_MAX = 5.0  # the longest pause between two warm-up attempts
 
 SOCKETIO_PATH = http.SOCKETIO_PREFIX.strip("/")
 RAW_SESSION_PREFIX = raw_ws.PATH_PREFIX
@@ -155,6 +158,7 @@ def create_app(config: Config, *, jwks_min_refresh: float = JWKS_MIN_REFRESH) ->
             _jwks_refresh_ctx,
             _store_ctx,
             _rate_limits_ctx,
+            _warm_ctx,
             _webhooks_ctx,
             _realtime_ctx,
             _presence_ctx,
@@ -219,6 +223,31 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _rate_limits_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[keys.rate_limits].close()
+
+
+async def _warm_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The store's and the rate limits' Redis clients get ready before the node
+    listens (a Redis Cluster's slot map: see ``gateway.redisconn.learn_slots``).
+    A start does not wait for an unreachable Redis longer than ``WARM_WAIT``:
+    the warm-up goes on in the background, and commands meanwhile do it themselves."""
+    task = asyncio.create_task(_warm(app), name="redis-warm")
+    await asyncio.wait({task}, timeout=WARM_WAIT)
+    yield
+    task.cancel()
+    await asyncio.wait({task})
+
+
+async def _warm(app: web.Application) -> None:
+    delay = 0.2
+    for warm in (app[keys.store].warm, app[keys.rate_limits].warm):
+        while True:
+            try:
+                await warm()
+                break
+            except StoreUnavailable as exc:
+                logger.warning("Redis not reachable to warm up (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WARM_RETRY_MAX)
 
 
 async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -2,8 +2,9 @@
 
 * **Per client address** (``http_rate_per_ip``, ``connect_rate_per_ip``, per
   minute): counted by the ``limits`` library's sliding window counter, in its
-  in-process storage on the memory engine and in Redis on the redis engine, so
-  that the limit holds for the cluster, not per node. Sliding, not fixed: the
+  in-process storage on the memory engine and in Redis on the redis engine
+  (limits' cluster storage on a Redis Cluster), so that the limit holds for
+  the cluster, not per node. Sliding, not fixed: the
   previous minute's count weighs on the current one by how much of it is still
   inside the last 60 s, so a window's edge never lets 2N through. Two counters
   per address, not a list of every request (limits' moving window kept one,
@@ -35,19 +36,24 @@ from __future__ import annotations
 import logging
 import math
 import time
+import urllib.parse
 from typing import Any, cast
 
+import limits
 import redis.asyncio as aioredis
 from limits import RateLimitItem, RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from gateway import closes
 from gateway.config import Config
 from gateway.errors import RateLimited, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.realtime import Conn, Realtime
+from gateway.redisconn import RedisTarget, learn_slots
 from gateway.store.keys import PREFIX
 
 logger = logging.getLogger(__name__)
@@ -74,6 +80,35 @@ def _storage_uri(redis_url: str) -> str:
     return "async+" + redis_url
 
 
+def _cluster_storage(target: RedisTarget) -> tuple[RedisClusterStorage, RedisCluster]:
+    """limits' storage on a Redis Cluster, and the client it built (to close it).
+
+    A plain client on the seed node would be answered MOVED for every address
+    whose counters hash to another master. limits takes no client for a
+    cluster, only a URL: its scheme names the mode, the seed's address and
+    credentials come from ``redis_url``, and the client gets the gateway's
+    timeouts and retry (``RedisTarget.cluster_options``). Its sliding window
+    keeps both counters of an address under one hash tag, so its script runs
+    on one master.
+    """
+    parsed = urllib.parse.urlsplit(target.url)
+    options: dict[str, Any] = target.cluster_options(name=CLIENT_NAME)
+    if parsed.scheme == "rediss":
+        options["ssl"] = True
+    storage = RedisClusterStorage(
+        f"async+redis+cluster://{parsed.netloc}",
+        implementation="redispy",
+        key_prefix=PREFIX.rstrip(":"),
+        wrap_exceptions=True,
+        **options,
+    )
+    # limits has no close(): the client its redis-py bridge built is closed here.
+    client = getattr(storage.bridge, "storage", None)
+    if not isinstance(client, RedisCluster):
+        raise RuntimeError(f"limits {limits.__version__}: no RedisCluster client on its cluster storage's bridge")
+    return storage, client
+
+
 class RateLimits:
     """Every rate limit of one gateway; ``create_app`` builds it for the engine."""
 
@@ -88,8 +123,11 @@ class RateLimits:
             "connect": RateLimitItemPerMinute(config.connect_rate_per_ip, namespace=NAMESPACE),
         }
         self._pool: aioredis.ConnectionPool | None = None
+        self._cluster: RedisCluster | None = None
         storage: Storage
-        if config.redis_url:
+        if config.redis is not None and config.redis.cluster:
+            storage, self._cluster = _cluster_storage(config.redis)
+        elif config.redis_url:
             # limits builds a redis.asyncio client on this pool (one per gateway,
             # owned and closed here), with the store's timeouts.
             self._pool = aioredis.ConnectionPool.from_url(
@@ -113,8 +151,18 @@ class RateLimits:
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._blocked: dict[str, float] = {}  # window key -> until when (time.time()) it is full
 
+    async def warm(self) -> None:
+        """As ``Store.warm``: a Redis Cluster's slot map, before the node listens."""
+        if self._cluster is not None:
+            try:
+                await learn_slots(self._cluster)
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(f"rate limit storage unreachable: {type(exc).__name__}") from None
+
     async def close(self) -> None:
-        if self._pool is not None:
+        if self._cluster is not None:
+            await self._cluster.aclose()
+        elif self._pool is not None:
             await self._pool.aclose()
         elif isinstance(self._storage, MemoryStorage) and self._storage.timer is not None:
             self._storage.timer.cancel()  # its sweep of expired entries

@@ -12,6 +12,8 @@ it takes no client, from ``cluster_options``.)
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -21,6 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from socketio.redis_manager import parse_redis_sentinel_url
 
 CONNECT_TIMEOUT = 1.0
@@ -104,3 +107,40 @@ class RedisTarget:
             self.url, max_connections=POOL_SIZE, timeout=POOL_WAIT, health_check_interval=15, **settings
         )
         return aioredis.Redis.from_pool(pool)
+
+
+async def learn_slots(client: Client) -> None:
+    """Have a Redis Cluster client read the cluster's slot map now, before it
+    carries traffic (nothing to do for any other client); a RedisError or
+    OSError if the cluster cannot be reached.
+
+    redis-py's cluster client otherwise reads it on its first command, and the
+    commands sent together with that one (a burst of connects to a node that
+    just started) are routed without it: redirected, they refresh the slot
+    map, which drops connections other commands are opening or using. Those
+    fail with ConnectionError, or with AttributeError or RuntimeError that no
+    caller expects (redis-py 8.1).
+    """
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+
+
+class Script:
+    """One Lua script (``source``), run by its SHA-1 (EVALSHA) on the node that holds its keys.
+
+    Not redis-py's ``register_script``: where a node does not know the script
+    (restarted, or never used) that one loads it with SCRIPT LOAD, which a
+    cluster client sends to every primary, so it fails while any shard is
+    down. EVAL on the keys' own node loads it there and runs it in one go.
+    """
+
+    def __init__(self, client: Client, source: str) -> None:
+        self._client = client
+        self._source = source
+        self._sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
+
+    async def __call__(self, *, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await self._client.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self._client.execute_command("EVAL", self._source, len(keys), *keys, *args)

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from gateway.errors import StoreUnavailable
 from gateway.realtime.broker import Broker, room_channel
 from gateway.redisconn import RedisTarget
-from tests.support import RedisCluster, RedisSentinel, RedisServer
+from tests.support import RedisCluster, RedisSentinel, RedisServer, redis_command
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -181,3 +181,31 @@ async def test_a_stopped_shard_fails_only_its_rooms_and_recovers(redis_cluster: 
     for room in sorted(on_down):
         await publisher.publish(room, room)
     assert set(await inbox.until(len(on_down))) == on_down
+
+
+async def test_a_recorded_publish_to_a_shard_without_the_script_while_another_is_down(
+    redis_cluster: RedisCluster, brokers: Any
+) -> None:
+    """Regression: the publish script was redis-py's register_script, whose
+    SCRIPT LOAD goes to every primary: a shard that did not know the script yet
+    (never used, or restarted) refused recorded publishes while any other
+    shard was down (503 for rooms that had nothing to do with it)."""
+    redis_cluster.flush()
+    for port in redis_cluster.ports:
+        redis_command(port, "SCRIPT FLUSH")
+    target = RedisTarget(redis_cluster.url, cluster=True)
+    inbox = Inbox()
+    node, publisher = await brokers(target, inbox), await brokers(target)
+    down, up = 1, 2
+    room = next(
+        r for r in (f"room:r{n}" for n in range(1000)) if redis_cluster.node_for_key(room_channel("test", r)) == up
+    )
+    node.retain(room)
+    await node.ready(room)
+
+    redis_cluster.stop_node(down)
+    try:
+        event_id = await publisher.publish_recorded(room, b"<", b">", b'["e"]', keep=60)
+        assert await inbox.until(1) == [f"<{event_id}>"]
+    finally:
+        await asyncio.to_thread(redis_cluster.start_node, down)

@@ -25,9 +25,11 @@ from tests.support import (
     JsClient,
     NodeScripts,
     Probe,
+    RedisCluster,
     RedisServer,
     http_json,
     raw_frames,
+    redis_command,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -332,6 +334,26 @@ async def test_with_redis_unreachable_limited_actions_fail_closed_and_recover(
         await asyncio.sleep(0.1)
     statuses = [(await http_json("POST", f"{node.url}/auth/initiate", json={"userId": "alice"}))[0] for _ in range(4)]
     assert statuses == [201, 201, 201, 429]
+
+
+@pytest.mark.parametrize("engine", ["redis"])
+async def test_on_a_redis_cluster_each_address_is_counted_on_the_master_of_its_slot(
+    make_gateway: MakeGateway, redis_cluster: RedisCluster
+) -> None:
+    """Regression: the counters went through a plain client on the seed node,
+    so every address whose counters hash to another master was refused 4503
+    (MOVED), on every connect and every limited HTTP request."""
+    redis_cluster.flush()
+    gateway = await make_gateway(redis_url=redis_cluster.url, redis_cluster=True, connect_rate_per_ip=2)
+    limiter = gateway.app[keys.rate_limits]
+    for n in range(30):  # addresses whose counters hash to every master
+        address = f"10.{n}.{n * 37 % 256}.{n * 101 % 256}"
+        await limiter.connect(address)
+        await limiter.connect(address)
+        with pytest.raises(RateLimited):
+            await limiter.connect(address)
+    masters = {i for i, port in enumerate(redis_cluster.ports) if redis_command(port, "KEYS", "tg:*ratelimit*")}
+    assert masters == {0, 1, 2}
 
 
 def test_the_demo_raises_the_per_address_rates() -> None:

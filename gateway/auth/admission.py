@@ -258,7 +258,7 @@ class Admission:
             restored = await recovery.restore(
                 pid, offset, sid=conn.sid, connected_here=self._connected_here, sub=sub, session_id=session_id
             )
-        conn.pid = pid if restored is not None else recovery.new_pid()
+        conn.pid = pid if restored is not None else recovery.new_pid(sub=sub, session_id=session_id)
         return restored
 
     def _connected_here(self, sid: str) -> bool:

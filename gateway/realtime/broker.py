@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 
 from gateway.errors import StoreUnavailable
 from gateway.realtime.history import ORIGIN, REPLAY_MAX, Entry
-from gateway.redisconn import CONNECT_TIMEOUT, RedisTarget
+from gateway.redisconn import CONNECT_TIMEOUT, RedisTarget, Script
 from gateway.store import keys
 from gateway.store.keys import PREFIX
 
@@ -218,8 +218,11 @@ class Broker:
         # was published meanwhile never came (called before its next message).
         self.on_resubscribed = on_resubscribed
         self._client = target.client(name="ticketgate-fanout")
-        self._publish_script = self._client.register_script(
-            resources.files("gateway.realtime").joinpath("lua", "publish.lua").read_text()
+        # Not register_script: its SCRIPT LOAD goes to every primary of a cluster,
+        # so a recorded publish to a shard that lacks the script failed while any
+        # other shard was down.
+        self._publish_script = Script(
+            self._client, resources.files("gateway.realtime").joinpath("lua", "publish.lua").read_text()
         )
         self._counts: Counter[str] = Counter()
         self._changed = asyncio.Condition()

@@ -80,8 +80,10 @@ class Recovery:
         return self._history
 
     @staticmethod
-    def new_pid() -> str:
-        return secrets.token_urlsafe(16)
+    def new_pid(*, sub: str | None = None, session_id: str | None = None) -> str:
+        """A pid for a socket of ``sub`` or of the auth session ``session_id``
+        (its record then lives with their keys: ``keys.recovery``)."""
+        return keys.recovery_pid(secrets.token_urlsafe(16), sub=sub, session_id=session_id)
 
     # -- the node's heartbeat ---------------------------------------------------------
 

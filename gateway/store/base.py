@@ -228,6 +228,11 @@ class Store(abc.ABC):
         a lease ran out, vacates whose grace is over. Each item is done by one
         caller of the cluster (claimed for ``ttl`` seconds, then retried)."""
 
+    async def warm(self) -> None:  # noqa: B027 (optional: only the redis engine has something to do)
+        """Get ready for traffic before the node listens (a Redis Cluster client
+        reads the slot map: ``gateway.redisconn.learn_slots``); StoreUnavailable
+        if Redis cannot be reached, and then the first command does it."""
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections; the store is unusable afterwards."""

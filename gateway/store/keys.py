@@ -26,6 +26,8 @@ PREFIX = "tg:"
 UPSTREAM = "upstream"  # messages from clients to rooms, for backend consumers (a stream)
 
 _TAG = re.compile(r"[0-9a-f]{16}")
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]+")
+_PID_TAG = re.compile(r"u:[0-9a-f]{16}|session:[A-Za-z0-9_-]+")
 
 
 def user_tag(sub: str) -> str:
@@ -104,8 +106,28 @@ HISTORY_CLOCK = "hist:clock"  # one Redis: the last event id given, shared by ev
 
 
 def recovery(pid: str) -> str:
-    """A socket's recovery record, by its pid: who it was, its rooms, its state."""
+    """A socket's recovery record, by its pid: who it was, its rooms, its state.
+
+    A pid the gateway gives (``recovery_pid``) starts with a hash tag and a dot,
+    so that on a Redis Cluster the record lives on a shard the socket's connect
+    needs anyway: its user's keys, or its auth session's room. (With a random
+    slot, a shard down would refuse a third of all connects, not only those of
+    the users whose keys it holds.) Any other pid, a client's invention, hashes
+    whole, and finds no record."""
+    tag, dot, _ = pid.partition(".")
+    if dot and _PID_TAG.fullmatch(tag):
+        return f"recovery:{{{tag}}}:{pid}"
     return f"recovery:{pid}"
+
+
+def recovery_pid(nonce: str, *, sub: str | None = None, session_id: str | None = None) -> str:
+    """A new pid for a socket of ``sub`` or of the auth session ``session_id``:
+    ``nonce`` (URL-safe, no dot) after the hash tag its record goes by (``recovery``)."""
+    if sub is not None:
+        return f"u:{user_tag(sub)}.{nonce}"
+    if session_id is not None and _SESSION_ID.fullmatch(session_id):
+        return f"session:{session_id}.{nonce}"  # the slot of the session room's channel and history
+    return nonce
 
 
 def node(name: str) -> str:

@@ -11,7 +11,6 @@ runs it on the shard that holds them.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -19,12 +18,12 @@ from importlib import resources
 from typing import Any, TypeVar, cast
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ClusterError, NoScriptError, RedisClusterException
+from redis.exceptions import ClusterError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import StoreUnavailable
-from gateway.redisconn import Client, RedisTarget
+from gateway.redisconn import RedisTarget, Script, learn_slots
 from gateway.store import keys
 from gateway.store.base import (
     Admission,
@@ -68,34 +67,13 @@ def _ms(ttl: float) -> int:
     return max(1, int(ttl * 1000))
 
 
-class _Script:
-    """One Lua script, run by its SHA-1 (EVALSHA) on the node that holds its keys.
-
-    Not redis-py's ``register_script``: where a node does not know the script
-    (restarted, or never used) that one loads it with SCRIPT LOAD, which a
-    cluster client sends to every primary, so it fails while any shard is
-    down. EVAL on the keys' own node loads it there and runs it in one go.
-    """
-
-    def __init__(self, client: Client, name: str) -> None:
-        self._client = client
-        self._source = _script(name)
-        self._sha = hashlib.sha1(self._source.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
-
-    async def __call__(self, *, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return await self._client.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await self._client.execute_command("EVAL", self._source, len(keys), *keys, *args)
-
-
 class RedisStore(Store):
     def __init__(self, *, target: RedisTarget) -> None:
         self.target = target
         self._redis = target.client(decode_responses=True, name=CLIENT_NAME)
 
-        def script(name: str) -> _Script:
-            return _Script(self._redis, name)
+        def script(name: str) -> Script:
+            return Script(self._redis, _script(name))
 
         self._create_records = script("create_records")
         self._incr_field = script("incr_field")
@@ -333,6 +311,9 @@ class RedisStore(Store):
         if done:
             await self._call(lambda: self._redis.zrem(name, *done))
         return changes
+
+    async def warm(self) -> None:
+        await self._call(lambda: learn_slots(self._redis))
 
     async def close(self) -> None:
         await self._redis.aclose()

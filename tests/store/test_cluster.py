@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.errors import StoreUnavailable
+from gateway.realtime.broker import room_channel
 from gateway.redisconn import RedisTarget
 from gateway.store import PREFIX, Store, create_store, keys
 from tests.support import RedisCluster
@@ -55,6 +56,24 @@ async def test_a_users_keys_live_on_one_shard_and_users_spread(redis_cluster: Re
         }
         assert len(nodes) == 1
     assert {redis_cluster.node_for_key(PREFIX + keys.sockets(sub)) for sub in users} == {0, 1, 2}
+
+
+def test_a_sockets_recovery_record_lives_with_what_its_connect_needs(redis_cluster: RedisCluster) -> None:
+    """Regression: a recovery record hashed its random pid, so while any shard
+    was down a third of all connects (recovery on) were refused 4503."""
+    for node in range(3):
+        sub = user_on(redis_cluster, node)
+        for n in range(10):
+            pid = keys.recovery_pid(f"nonce{n}", sub=sub)
+            assert redis_cluster.node_for_key(PREFIX + keys.recovery(pid)) == node
+    for n in range(10):
+        session_id = f"sess{n}"
+        pid = keys.recovery_pid("nonce", session_id=session_id)
+        channel = room_channel("socketio", f"session:{session_id}")
+        assert redis_cluster.node_for_key(PREFIX + keys.recovery(pid)) == redis_cluster.node_for_key(channel)
+    # A pid the gateway did not give keeps the plain key: it names no record.
+    assert keys.recovery("x{evil}.y") == "recovery:x{evil}.y"
+    assert keys.recovery("u:zz.nonce") == "recovery:u:zz.nonce"
 
 
 async def test_a_stopped_shard_fails_its_keys_fast_and_recovers_without_a_new_store(
