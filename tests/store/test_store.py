@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
+from gateway.errors import StoreUnavailable
 from gateway.redisconn import Client, RedisTarget
 from gateway.store import PREFIX, MemoryStore, Store, create_store, keys
 from gateway.store.base import Admission
@@ -49,6 +50,19 @@ async def store_connections(client: Client) -> int:
     else:
         listed = await client.client_list()
     return sum(1 for entry in listed if entry["name"] == CLIENT_NAME)
+
+
+async def test_warm_readies_the_store_or_says_it_cannot(store: Store, target: RedisTarget | None) -> None:
+    await store.warm()  # a cluster client has its slot map now; one Redis or memory: nothing to do
+    await store.put("warm", "1", ttl=5)
+    assert await store.take("warm") == "1"
+    if target is not None:
+        nowhere = create_store(RedisTarget("redis://127.0.0.1:1/0", cluster=target.cluster))
+        try:
+            with pytest.raises(StoreUnavailable):
+                await nowhere.warm() if target.cluster else await nowhere.ping()
+        finally:
+            await nowhere.close()
 
 
 async def test_put_take(store: Store) -> None:
@@ -343,10 +357,11 @@ async def test_close_releases_everything(
 
 
 def test_every_store_operation_is_tested_here() -> None:
-    """The contract above must reach every operation of the interface, on both engines."""
+    """The contract tests (this file, and test_presence.py for presence) must reach
+    every operation of the interface, on both engines."""
     from pathlib import Path
 
-    source = Path(__file__).read_text()
+    source = "".join(path.read_text() for path in sorted(Path(__file__).parent.glob("test_*.py")))
     operations = [name for name in vars(Store) if not name.startswith("_") and callable(getattr(Store, name))]
     untested = [name for name in operations if f"store.{name}(" not in source]
     assert operations and not untested, untested
