@@ -127,6 +127,17 @@ class RateLimits:
         storage: Storage
         if config.redis is not None and config.redis.cluster:
             storage, self._cluster = _cluster_storage(config.redis)
+        elif config.redis is not None and config.redis.sentinel:
+            # The master the Sentinel names, followed across fail-overs: the pool
+            # of the gateway's own Sentinel client (limits builds its client on it).
+            self._pool = cast(aioredis.Redis, config.redis.client(name=CLIENT_NAME)).connection_pool
+            storage = RedisStorage(
+                "async+redis://sentinel-master:6379",  # a placeholder: the pool decides where
+                implementation="redispy",
+                key_prefix=PREFIX.rstrip(":"),
+                wrap_exceptions=True,
+                connection_pool=cast(Any, self._pool),
+            )
         elif config.redis_url:
             # limits builds a redis.asyncio client on this pool (one per gateway,
             # owned and closed here), with the store's timeouts.
