@@ -424,6 +424,8 @@ def load_config(
         generated.add("secret")
     if data.get("demo") and "public_rooms" not in data:
         data["public_rooms"] = ("room:demo-*",)
+    if data.get("demo") and "presence_rooms" not in data:
+        data["presence_rooms"] = ("room:demo-*",)  # the demo's chat shows who is in the room
     if data.get("demo"):
         for name, value in DEMO_RATES.items():
             data.setdefault(name, value)

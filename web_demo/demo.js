@@ -683,6 +683,7 @@ function wireUserSocket(user, socket, { main }) {
     user.expiresAt = Date.parse(data.expiresAt);
     const recovered = data.recovered ? " · recovered: missed events replayed" : "";
     setSocketStatus(`authenticated as ${data.sub} via ${data.via}${recovered}`, "ok");
+    showOnline().catch((err) => note("page", err.message));
     renderExpiry();
   });
   socket.on("refresh_token", (data) => {
@@ -717,6 +718,14 @@ function wireUserSocket(user, socket, { main }) {
   });
   socket.on("message", (data) => onChatMessage(socket, data));
   socket.on("demo_chat", (data) => onRelayedChat(socket, data));
+  if (main) {
+    for (const event of ["user_joined", "user_left"]) {
+      socket.on(event, (data) => {
+        if (data && data.room === state.chat.room) showPresence().catch((err) => note("page", err.message));
+        showOnline().catch((err) => note("page", err.message));
+      });
+    }
+  }
   socket.onAny((event, data) => {
     if (main && !GATEWAY_EVENTS.has(event)) noteApplicationEvent(user, event, data);
   });
@@ -908,6 +917,7 @@ async function joinChat() {
     state.chat.mode = "room";
     $("chat-members-row").hidden = true;
     setChatMode(`Joined ${room} with ${sockets.length} socket(s): messages travel as Socket.IO message events.`, "ok");
+    await showPresence();
   } else if (acks.some((ack) => !ack.ok && ack.error.code === 4003)) {
     // The approval JWT carries no `rooms` claim, so the gateway refuses `join`.
     // The demo then relays through the admin API to each member's user:<sub> room.
@@ -922,6 +932,39 @@ async function joinChat() {
     state.chat.mode = null;
     setChatMode(`join failed: ${acks.map((ack) => (ack.ok ? "ok" : ack.error.reason)).join(", ")}`, "bad");
   }
+}
+
+/** Who is in the chat room (the `presence` event's first page), kept live by
+ * user_joined / user_left; and whether the user is online (GET /api/users/{sub}). */
+async function showPresence() {
+  const room = state.chat.room;
+  const socket = state.user && state.user.socket;
+  if (!room || state.chat.mode !== "room" || !socket || !socket.connected) return;
+  const ack = await emitWithAck(socket, "presence", { room });
+  const line = $("chat-presence");
+  line.hidden = false;
+  if (!ack.ok) {
+    setText(line, `presence: ${ack.error.reason}`, "bad");
+    return;
+  }
+  const members = ack.members.map((member) => `${member.sub} (${member.connections})`).join(", ");
+  setText(line, `In ${room}: ${ack.users} user(s): ${members}`, "ok");
+}
+
+async function showOnline() {
+  const user = state.user;
+  const token = adminToken();
+  if (!user || !user.sub || !token) {
+    setText("user-online", token ? "–" : "enter the admin token to see it");
+    return;
+  }
+  const result = await api("GET", `/api/users/${encodeURIComponent(user.sub)}`, { token });
+  if (result.status !== 200) {
+    setText("user-online", `unknown: ${errorText(result)}`, "bad");
+    return;
+  }
+  const { online, connections } = result.body;
+  setText("user-online", online ? `online · ${connections} connection(s) in the cluster` : "offline", online ? "ok" : "warn");
 }
 
 function relayMembers() {
@@ -1026,6 +1069,8 @@ async function addChatSocket() {
   if (!outcome.ok) return;
   if (state.chat.mode === "room") await emitWithAck(socket, "join", { room: state.chat.room });
   setChatMode(`${chatSockets().length} sockets of ${state.user.sub} in this tab.`, "info");
+  await showPresence();  // one more connection, the same users: no user_joined, so ask
+  await showOnline();
 }
 
 // ── 4. failure cases ───────────────────────────────────────────────────────────

@@ -71,3 +71,31 @@ def test_disconnecting_a_user_on_one_node_closes_their_socket_on_the_other(
     expect(on_a.by("fail-result-disconnect-user")).to_have_text("disconnected 2 socket(s) of alice ✓")
     on_b.wait_for_log(r"^closing 4011 disconnected user#1")
     expect(on_b.by("socket-status")).to_have_text("closed 4011 disconnected")
+
+
+def test_who_is_in_the_chat_room_and_who_is_online_live_across_nodes(two_nodes: Nodes, open_demo: OpenDemo) -> None:
+    """Presence (docs/presence.md) as QA sees it: the room's members, counted over
+    both nodes, follow user_joined / user_left; the user's online status follows
+    their connections anywhere in the cluster."""
+    a, b = two_nodes
+    alice = open_demo(a)
+    bob = open_demo(b)
+    alice.set_admin_token()
+    alice.login("alice")
+    alice.connect("alice")
+    expect(alice.by("user-online")).to_have_text("online · 1 connection(s) in the cluster")
+    alice.join("demo-lobby")
+    expect(alice.by("chat-presence")).to_have_text("In room:demo-lobby: 1 user(s): alice (1)")
+
+    bob.login("bob")
+    bob.connect("bob")
+    bob.join("demo-lobby")
+    expect(alice.by("chat-presence")).to_have_text("In room:demo-lobby: 2 user(s): alice (1), bob (1)")
+    expect(bob.by("chat-presence")).to_have_text("In room:demo-lobby: 2 user(s): alice (1), bob (1)")
+
+    alice.by("chat-add-socket").click()  # alice's second connection: still one user
+    expect(alice.by("chat-presence")).to_have_text("In room:demo-lobby: 2 user(s): alice (2), bob (1)")
+    expect(alice.by("user-online")).to_have_text("online · 2 connection(s) in the cluster")
+
+    bob.by("socket-disconnect").click()
+    expect(alice.by("chat-presence")).to_have_text("In room:demo-lobby: 1 user(s): alice (2)")
