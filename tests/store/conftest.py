@@ -4,9 +4,13 @@ each a real server started once per session."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
-from gateway.redisconn import RedisTarget
+from gateway.redisconn import Client, RedisTarget
+from gateway.store import MemoryStore, Store, create_store
+from gateway.store.redis import RedisStore
 from tests.support import RedisCluster, RedisSentinel, RedisServer
 
 ENGINES = ["memory", "redis", "cluster", "sentinel"]
@@ -33,3 +37,21 @@ def target(engine: str, request: pytest.FixtureRequest) -> RedisTarget | None:
         sentinel.flush()
         return RedisTarget(sentinel.url)
     return None
+
+
+@pytest.fixture
+async def store(target: RedisTarget | None) -> AsyncIterator[Store]:
+    made = create_store(target)
+    assert isinstance(made, MemoryStore if target is None else RedisStore)
+    yield made
+    await made.close()
+
+
+@pytest.fixture
+async def observer(target: RedisTarget | None) -> AsyncIterator[Client]:
+    """A client of the redis engine's Redis of its own, to look at what the store wrote."""
+    if target is None:
+        pytest.skip("the memory engine has no Redis to look at")
+    client = target.client(decode_responses=True)
+    yield client
+    await client.aclose()

@@ -4,13 +4,10 @@ memory, and redis on one Redis, a Redis Cluster and a Sentinel's master."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
-from gateway.redisconn import Client, RedisTarget
-from gateway.store import PREFIX, Store, create_store
+from gateway.redisconn import Client
+from gateway.store import PREFIX, Store
 from gateway.store.base import PresenceChange
 from gateway.store.keys import slot_tag
 from tests.store.test_store import all_keys
@@ -18,22 +15,6 @@ from tests.store.test_store import all_keys
 ROOM = "room:lobby"
 TTL = 5.0
 GRACE = 0.3
-
-
-@pytest.fixture
-async def store(target: RedisTarget | None) -> AsyncIterator[Store]:
-    made = create_store(target)
-    yield made
-    await made.close()
-
-
-@pytest.fixture
-async def observer(target: RedisTarget | None) -> AsyncIterator[Client]:
-    if target is None:
-        pytest.skip("the memory engine has no Redis to look at")
-    client = target.client(decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 def times(**overrides: Any) -> dict[str, float]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -16,24 +15,6 @@ from gateway.store import PREFIX, MemoryStore, Store, create_store, keys
 from gateway.store.base import Admission
 from gateway.store.redis import CLIENT_NAME, RedisStore
 from tests.support import RedisSentinel
-
-
-@pytest.fixture
-async def store(target: RedisTarget | None) -> AsyncIterator[Store]:
-    made = create_store(target)
-    assert isinstance(made, MemoryStore if target is None else RedisStore)
-    yield made
-    await made.close()
-
-
-@pytest.fixture
-async def observer(target: RedisTarget | None) -> AsyncIterator[Client]:
-    """A client of the redis engine's Redis of its own, to look at what the store wrote."""
-    if target is None:
-        pytest.skip("the memory engine has no Redis to look at")
-    client = target.client(decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 async def all_keys(client: Client) -> list[str]:
