@@ -211,3 +211,22 @@ async def test_plain_python_socketio_client_keeps_working(gateway: Gateway, prob
     await gateway.publish("user:alice", "tick", {"n": 2})
     assert await again.wait_for("tick") == {"n": 2}
     assert len(probe.offsets) == 1 and len(again.offsets) == 1
+
+
+async def test_a_close_order_never_overtakes_the_rooms_events_published_before_it(
+    gateway: Gateway, probes: Callable[[], Probe]
+) -> None:
+    """With recovery on, a room's events reach this node's sockets as they come
+    back from Redis (in id order); a close order to the same room must come the
+    same way, or it closes the socket before an event published just before it
+    (the demo's `approved`, then `closing 1000 resolved`, lost the `approved`)."""
+    for n in range(10):
+        probe = probes()
+        assert await probe.connect(gateway.url, auth={"token": gateway.mint("alice")})
+        await probe.wait_for("authenticated")
+        await gateway.publish("user:alice", "tick", {"n": n})
+        status, _ = await gateway.disconnect_user("alice", revoke=False)
+        assert status == 200
+        await probe.wait_for("closing")
+        names = [event for event, _ in probe.events if event in ("tick", "closing")]
+        assert names == ["tick", "closing"], (n, probe.events)

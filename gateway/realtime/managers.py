@@ -32,6 +32,7 @@ from gateway.realtime.history import MemoryHistory
 from gateway.realtime.names import CONTROL_CLOSE, CONTROL_PREFIX, NAMESPACE, RAW_EVENTS, ROOM_PATTERN, UNHELD_EVENTS
 from gateway.realtime.registry import SKIP
 from gateway.redisconn import RedisTarget
+from gateway.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from gateway.realtime.node import Realtime
@@ -228,6 +229,8 @@ def arguments(data: Any) -> list[Any]:
 # publish has gone out (a context variable: the broker's listener, which
 # delivers other nodes' emits, never sees it set).
 _held_back: ContextVar[list[Any] | None] = ContextVar("ticketgate_held_back", default=None)
+# Set while an emit publishes a message that this node, too, delivers only as it comes back from Redis.
+_on_return: ContextVar[bool] = ContextVar("ticketgate_on_return", default=False)
 
 CATCH_UP_ATTEMPTS = 5  # reads of what a room missed while its subscription was lost
 RECEIVED_BACKLOG = 10_000  # messages received from Redis and not yet delivered (then the reader waits)
@@ -315,9 +318,19 @@ class RoutedManager(AsyncPubSubManager, LocalFanout):  # type: ignore[misc]
             )
             return
         target = to or room
-        if self.keep and callback is None and recordable(target, event):
-            if await self._publish_recorded(event, data, namespace or NAMESPACE, cast(str, target), skip_sid):
-                return
+        if self.keep and callback is None and routable(target):
+            if recordable(target, event):
+                if await self._publish_recorded(event, data, namespace or NAMESPACE, cast(str, target), skip_sid):
+                    return
+            # Not recorded (a control message, binary data) but of the same room:
+            # delivered here too only as it comes back, behind the room's recorded
+            # events published before it (a close order must not overtake them).
+            returning = _on_return.set(True)
+            try:
+                await super().emit(event, data, namespace=namespace, room=room, skip_sid=skip_sid, to=to, **kwargs)
+            finally:
+                _on_return.reset(returning)
+            return
         held_back: list[Any] = []
         token = _held_back.set(held_back)
         try:  # the parent delivers locally (kept back below), then publishes
@@ -356,6 +369,8 @@ class RoutedManager(AsyncPubSubManager, LocalFanout):  # type: ignore[misc]
         return True
 
     async def _handle_emit(self, message: Any) -> None:
+        if _on_return.get():
+            return  # this node handles it as it comes back (its host_id is cleared in _publish)
         held_back = _held_back.get()
         if held_back is not None:
             held_back.append(message)
@@ -394,6 +409,8 @@ class RoutedManager(AsyncPubSubManager, LocalFanout):  # type: ignore[misc]
             await self._deliver_recorded(room, entry.id, entry.event, entry.args, None)
 
     async def _publish(self, data: Any) -> None:
+        if _on_return.get():
+            data = {**data, "host_id": ""}  # not this node's: it takes it from Redis like the others
         room = data.get("room") if data.get("method") == "emit" else None
         payload = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
         await self.broker.publish(room if routable(room) else None, payload)
@@ -417,8 +434,5 @@ class RoutedManager(AsyncPubSubManager, LocalFanout):  # type: ignore[misc]
                 logger.warning("fan-out: dropped a message that is not JSON (%d bytes)", len(payload))
 
     async def close(self) -> None:
-        thread = getattr(self, "thread", None)
-        if thread is not None:
-            thread.cancel()
-            await asyncio.gather(thread, return_exceptions=True)
+        await cancel_and_wait(getattr(self, "thread", None))
         await self.broker.stop()
