@@ -38,6 +38,7 @@ from gateway.metrics import Metrics
 from gateway.realtime import Conn, Fanout, user_room
 from gateway.store import Store
 from gateway.store.base import PresenceChange
+from gateway.tasks import cancel_and_wait
 from gateway.webhooks import Webhooks
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ logger = logging.getLogger(__name__)
 PAGE = 100  # members in a page unless asked otherwise (the `presence` event's only page size)
 MAX_PAGE = 1000
 USER_PREFIX = "user:"
-STOP_WAIT = 2.0  # seconds the node's stop waits for its heartbeat to end
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,12 +213,9 @@ class Presence:
         self._task = asyncio.create_task(self._run(self._stopping), name="presence")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._stopping.set()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._task, STOP_WAIT)
-            self._task = None
+        self._stopping.set()
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self, stopping: asyncio.Event) -> None:
         """Renew this node's leases every beat; do what fell due every sweep."""

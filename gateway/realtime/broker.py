@@ -41,6 +41,7 @@ from gateway.realtime.history import ORIGIN, REPLAY_MAX, Entry
 from gateway.redisconn import CONNECT_TIMEOUT, RedisTarget, Script
 from gateway.store import keys
 from gateway.store.keys import PREFIX
+from gateway.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +89,7 @@ class _Subscriber:
         self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._sync())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         await self._close()
 
     def want(self, channel: str, wanted: bool) -> None:
@@ -264,9 +263,7 @@ class Broker:
 
     async def stop(self) -> None:
         self._started = False
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         for subscriber in self._subscribers.values():
             await subscriber.stop()
         self._subscribers.clear()

@@ -39,11 +39,11 @@ from gateway.errors import GatewayError
 from gateway.realtime.history import Entry, History, id_key, parse_id
 from gateway.realtime.registry import Conn
 from gateway.store import Store, keys
+from gateway.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
 BEAT = 5.0  # seconds between two heartbeats of a node (at most a quarter of the window)
-STOP_WAIT = 2.0  # seconds the node's stop waits for its heartbeat to end
 _OFFSET = re.compile(r"^\d{1,4}:\d{1,15}-\d{1,15}(,\d{1,4}:\d{1,15}-\d{1,15}){0,99}\Z")
 _LOST = "lost:"
 _CLOSED = "closed"
@@ -95,11 +95,8 @@ class Recovery:
     async def stop(self) -> None:
         # An event, not only a cancel: a cancel that lands inside a Redis command
         # can be swallowed by redis-py's timeout handling, and the loop would go on.
-        if self._beat_task is not None:
-            self._stopping.set()
-            self._beat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._beat_task, STOP_WAIT)
+        self._stopping.set()
+        await cancel_and_wait(self._beat_task)
 
     async def _beat(self, stopping: asyncio.Event) -> None:
         """Say this node is alive: the sockets of a node that stops beating count as lost."""
