@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from tests.support import ROOT, GatewayProcess, Nodes, RedisServer, start_together, wait_subscribed
+from tests.support import ROOT, GatewayProcess, Nodes, Probe, RedisServer, metric, start_together, wait_subscribed
 
 ADMIN_TOKEN = "admin-token-for-cluster-tests-0123456789"
 
@@ -64,6 +64,30 @@ async def writes_held(redis_url: str, *, until_waiting: int) -> AsyncIterator[No
     finally:
         await admin.client_unpause()
         await admin.aclose()
+
+
+async def race_one_ticket(
+    nodes: Nodes, ticket: str, *, redis_url: str, probes: Callable[[], Probe], sub: str = "alice"
+) -> None:
+    """50 connects with one ticket, alternating between ``nodes``, all in flight at
+    once (writes held on ``redis_url``, the Redis that holds the ticket): exactly
+    one is ``sub``'s socket, the other 49 get 4001 invalid_ticket."""
+    clients = [probes() for _ in range(50)]
+    async with writes_held(redis_url, until_waiting=len(clients)):
+        connects = [
+            asyncio.create_task(client.connect(nodes[i % 2].url, auth={"ticket": ticket}))
+            for i, client in enumerate(clients)
+        ]
+    results = await asyncio.gather(*connects)
+    winners = [client for client, ok in zip(clients, results, strict=True) if ok]
+    assert len(winners) == 1
+    assert (await winners[0].wait_for("authenticated"))["sub"] == sub
+    refusals = [client.connect_error for client, ok in zip(clients, results, strict=True) if not ok]
+    assert len(refusals) == 49
+    assert all(error["data"] == {"code": 4001, "reason": "invalid_ticket"} for error in refusals), refusals
+    # One ticket consumed and one socket connected, summed over both nodes.
+    assert sum([await metric(node.url, "ticketgate_tickets_consumed_total") for node in nodes]) == 1
+    assert sum([await metric(node.url, "ticketgate_connected_sockets") for node in nodes]) == 1
 
 
 async def cli_token(config_file: Path, sub: str) -> str:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import ADMIN_TOKEN, cli_token, writes_held
-from tests.support import Nodes, Probe, issue_ticket, metric, publish
+from tests.cluster.conftest import ADMIN_TOKEN, cli_token, race_one_ticket
+from tests.support import Nodes, Probe, issue_ticket, publish
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -21,22 +21,7 @@ async def test_one_ticket_fifty_concurrent_connects_on_two_nodes_exactly_one_win
 ) -> None:
     a = two_nodes[0]
     ticket = await issue_ticket(a.url, await cli_token(a.config_file, "alice"))
-    clients = [probes() for _ in range(50)]
-    async with writes_held(cluster_settings["redis_url"], until_waiting=len(clients)):
-        connects = [
-            asyncio.create_task(client.connect(two_nodes[i % 2].url, auth={"ticket": ticket}))
-            for i, client in enumerate(clients)
-        ]
-    results = await asyncio.gather(*connects)
-    winners = [client for client, ok in zip(clients, results, strict=True) if ok]
-    assert len(winners) == 1
-    assert (await winners[0].wait_for("authenticated"))["sub"] == "alice"
-    refusals = [client.connect_error for client, ok in zip(clients, results, strict=True) if not ok]
-    assert len(refusals) == 49
-    assert all(error["data"] == {"code": 4001, "reason": "invalid_ticket"} for error in refusals), refusals
-    # One ticket consumed and one socket connected, summed over both nodes.
-    assert sum([await metric(node.url, "ticketgate_tickets_consumed_total") for node in two_nodes]) == 1
-    assert sum([await metric(node.url, "ticketgate_connected_sockets") for node in two_nodes]) == 1
+    await race_one_ticket(two_nodes, ticket, redis_url=cluster_settings["redis_url"], probes=probes)
 
 
 async def test_publish_on_one_node_reaches_a_socket_on_the_other(two_nodes: Nodes, probes: Callable[[], Probe]) -> None:

@@ -25,7 +25,7 @@ from gateway.config import load_config
 from gateway.emitter import Emitter
 from gateway.realtime.broker import room_channel
 from gateway.store import PREFIX, keys
-from tests.cluster.conftest import ADMIN_TOKEN, start_nodes, writes_held
+from tests.cluster.conftest import ADMIN_TOKEN, race_one_ticket, start_nodes
 from tests.device import Device, initiate
 from tests.support import (
     GatewayProcess,
@@ -181,22 +181,7 @@ async def test_one_ticket_fifty_concurrent_connects_on_two_nodes_exactly_one_win
     else:
         raise AssertionError(f"no ticket off the masters of the rate-limit counters {counters}")
 
-    clients = [probes() for _ in range(50)]
-    async with writes_held(redis_cluster.urls[owner], until_waiting=len(clients)):
-        connects = [
-            asyncio.create_task(client.connect(rc_nodes[i % 2].url, auth={"ticket": ticket}))
-            for i, client in enumerate(clients)
-        ]
-    results = await asyncio.gather(*connects)
-
-    winners = [client for client, ok in zip(clients, results, strict=True) if ok]
-    assert len(winners) == 1
-    assert (await winners[0].wait_for("authenticated"))["sub"] == "alice"
-    refusals = [client.connect_error for client, ok in zip(clients, results, strict=True) if not ok]
-    assert len(refusals) == 49
-    assert all(error["data"] == {"code": 4001, "reason": "invalid_ticket"} for error in refusals), refusals
-    assert sum([await metric(node.url, "ticketgate_tickets_consumed_total") for node in rc_nodes]) == 1
-    assert sum([await metric(node.url, "ticketgate_connected_sockets") for node in rc_nodes]) == 1
+    await race_one_ticket(rc_nodes, ticket, redis_url=redis_cluster.urls[owner], probes=probes)
 
 
 # -- 3: newest auth session wins ---------------------------------------------------------
